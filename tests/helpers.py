@@ -1,0 +1,53 @@
+"""Helpers shared by the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def require_server(name: str, host: str, port: int) -> None:
+    """Skip when a server the test needs is down; under ``CI=true`` that is a failure."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return
+    except OSError as exc:
+        message = f"{name} is not reachable on {host}:{port} ({exc})"
+    if IN_CI:
+        pytest.fail(f"{message}; .ci/run must start it", pytrace=False)
+    pytest.skip(message)
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T]],
+    *,
+    timeout: float = 5.0,
+    interval: float = 0.05,
+    message: str = "condition not met",
+) -> T:
+    """Poll ``check`` until it returns a truthy value; for state that converges over a network."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} within {timeout}s (last: {result!r})")
+        await asyncio.sleep(interval)

@@ -1,0 +1,36 @@
+"""The ``registry`` fixture runs each conformance test once per backend.
+
+A backend joins the suite by adding a factory to ``BACKENDS``: an async context manager that
+yields a started registry for the test, and a fresh one that sees the same records (a second
+process on the same network for mDNS, the same object for memory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import AsyncContextManager
+
+import pytest
+
+from asgi_micro.registry import Registry
+from asgi_micro.registry.memory import MemoryRegistry
+
+
+@contextlib.asynccontextmanager
+async def memory_pair() -> AsyncIterator[tuple[Registry, Registry]]:
+    registry = MemoryRegistry()
+    async with registry:
+        yield registry, registry
+
+
+BACKENDS: dict[str, Callable[[], AsyncContextManager[tuple[Registry, Registry]]]] = {
+    "memory": memory_pair,
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def registry_pair(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Registry, Registry]]:
+    """Two handles on one backend: the first registers, the second looks up."""
+    async with BACKENDS[request.param]() as pair:
+        yield pair
