@@ -36,7 +36,14 @@ __all__ = [
 class MessageType:
     """A request or response type with pydantic-core's fast paths bound once."""
 
-    __slots__ = ("dump_json", "dump_python", "extension", "type", "validate_json", "validate_python")
+    __slots__ = (
+        "dump_json",
+        "dump_python",
+        "extension",
+        "type",
+        "validate_json",
+        "validate_python",
+    )
 
     def __init__(self, type_: Any) -> None:
         self.type = type_

@@ -61,7 +61,8 @@ class Context:
     def from_mapping(cls, headers: Mapping[str, str]) -> Context:
         """Read a mapping such as gRPC metadata or ``httpx.Headers``."""
         return cls.from_headers(
-            (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in headers.items()
         )
 
     def remaining(self) -> float | None:
@@ -73,7 +74,9 @@ class Context:
     def expired(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
-    def onward(self, *, timeout: float | None = None, metadata: Mapping[str, str] | None = None) -> Context:
+    def onward(
+        self, *, timeout: float | None = None, metadata: Mapping[str, str] | None = None
+    ) -> Context:
         """The context for a call made from this one: same trace, merged metadata, and the
         earlier of this deadline and ``timeout`` from now."""
         deadline = self.deadline

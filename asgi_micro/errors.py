@@ -82,7 +82,9 @@ class MicroError(Exception):
     def from_dict(data: Any, *, status_code: int = 500, id: str = "") -> MicroError:
         """Rebuild the error a peer sent; a body that is not our shape keeps its HTTP status."""
         if isinstance(data, dict) and isinstance(data.get("code"), int):
-            error = error_for_status(data["code"])(str(data.get("detail", "")), id=str(data.get("id", id)))
+            error = error_for_status(data["code"])(
+                str(data.get("detail", "")), id=str(data.get("id", id))
+            )
             error.code = data["code"]  # keeps codes we have no class for, such as 418
             return error
         detail = data if isinstance(data, str) else orjson.dumps(data).decode()
@@ -144,7 +146,7 @@ class InternalServerError(MicroError):
     code = 500
 
 
-class NotImplemented(MicroError):  # noqa: A001 - the HTTP name, scoped to this module
+class NotImplemented(MicroError):
     code = 501
 
 

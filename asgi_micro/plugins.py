@@ -33,7 +33,9 @@ def load_backend(part: str, url: str, table: dict[str, Backend]) -> Any:
     """Build the backend of ``part`` that ``url`` names."""
     scheme = urlsplit(url).scheme.lower()
     if not scheme:
-        raise ValueError(f"{part} URL {url!r} has no scheme; expected one of {_schemes(part, table)}")
+        raise ValueError(
+            f"{part} URL {url!r} has no scheme; expected one of {_schemes(part, table)}"
+        )
     backend = table.get(scheme)
     if backend is None:
         for entry_point in entry_points(group=f"asgi_micro.{part}"):

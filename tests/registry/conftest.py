@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from typing import AsyncContextManager
+from contextlib import AbstractAsyncContextManager as AsyncContextManager
 
 import pytest
 

@@ -46,7 +46,9 @@ async def test_register_then_get(registry_pair: tuple[Registry, Registry]) -> No
     service = make_service(unique())
     await registry.register(service, ttl=30)
 
-    found = await eventually(lambda: observer.get_service(service.name), message="service not found")
+    found = await eventually(
+        lambda: observer.get_service(service.name), message="service not found"
+    )
 
     assert len(found) == 1
     record = found[0]
