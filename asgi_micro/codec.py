@@ -29,6 +29,7 @@ __all__ = [
     "MsgpackCodec",
     "codec_for_accept",
     "codec_for_content_type",
+    "message_type",
     "register_codec",
 ]
 
@@ -46,7 +47,17 @@ class MessageType:
     )
 
     def __init__(self, type_: Any) -> None:
+        from google.protobuf.message import Message
+
         self.type = type_
+        # Filled by codecs that need more than pydantic knows, e.g. protobuf descriptors.
+        self.extension: dict[str, Any] = {}
+        if isinstance(type_, type) and issubclass(type_, Message):
+            # A generated protobuf class is no pydantic type: json_format stands in for JSON.
+            from .protobuf.codec import bind_generated
+
+            bind_generated(self)
+            return
         if isinstance(type_, type) and issubclass(type_, BaseModel):
             validator, serializer = type_.__pydantic_validator__, type_.__pydantic_serializer__
         else:
@@ -56,14 +67,22 @@ class MessageType:
         self.validate_python = validator.validate_python
         self.dump_json = serializer.to_json
         self.dump_python = serializer.to_python
-        # Filled by codecs that need more than pydantic knows, e.g. protobuf descriptors.
-        self.extension: dict[str, Any] = {}
 
     def json_schema(self) -> dict[str, Any]:
         return TypeAdapter(self.type).json_schema()
 
     def __repr__(self) -> str:
         return f"MessageType({getattr(self.type, '__name__', self.type)!r})"
+
+
+def message_type(type_: Any) -> MessageType:
+    """The ``MessageType`` of ``type_``, built once."""
+    return _message_type(type_)
+
+
+@lru_cache(maxsize=1024)
+def _message_type(type_: Any) -> MessageType:
+    return MessageType(type_)
 
 
 class Codec(ABC):

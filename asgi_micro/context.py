@@ -11,18 +11,25 @@ and ``traceparent``/``tracestate`` are passed through unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-__all__ = ["TIMEOUT_HEADER", "Context", "current_context"]
+from .errors import Timeout
+
+__all__ = ["TIMEOUT_HEADER", "Context", "current_context", "within_deadline"]
+
+T = TypeVar("T")
 
 TIMEOUT_HEADER = "micro-timeout"
 _PREFIX = b"micro-"
 _PREFIX_LEN = len(_PREFIX)
 _TIMEOUT_KEY = TIMEOUT_HEADER[_PREFIX_LEN:]
 _TRACE_HEADERS = frozenset((b"traceparent", b"tracestate"))
+_FIRST_BYTES = frozenset((b"m", b"t"))
 
 _current: ContextVar[Context | None] = ContextVar("asgi_micro_context", default=None)
 
@@ -43,19 +50,30 @@ class Context:
     @classmethod
     def from_headers(cls, headers: Iterable[tuple[bytes, bytes]]) -> Context:
         """Read ASGI headers (lower-case names); a malformed ``Micro-Timeout`` is ignored."""
-        metadata: dict[str, str] = {}
-        trace: dict[str, str] = {}
-        deadline = None
+        return cls.carried_by(headers) or cls()
+
+    @classmethod
+    def carried_by(cls, headers: Iterable[tuple[bytes, bytes]]) -> Context | None:
+        """The context the headers carry, or ``None`` when they carry none (the common case,
+        which costs one pass over the names and no allocation)."""
+        context = None
         for name, value in headers:
+            first = name[:1]
+            if first not in _FIRST_BYTES:
+                continue  # most headers: one comparison each
             if name.startswith(_PREFIX):
+                if context is None:
+                    context = cls()
                 key = name[_PREFIX_LEN:].decode("latin-1")
                 if key == _TIMEOUT_KEY:
-                    deadline = _deadline_from_millis(value.decode("latin-1"))
+                    context.deadline = _deadline_from_millis(value.decode("latin-1"))
                 else:
-                    metadata[key] = value.decode("latin-1")
+                    context.metadata[key] = value.decode("latin-1")
             elif name in _TRACE_HEADERS:
-                trace[name.decode("latin-1")] = value.decode("latin-1")
-        return cls(metadata, deadline, trace)
+                if context is None:
+                    context = cls()
+                context.trace[name.decode("latin-1")] = value.decode("latin-1")
+        return context
 
     @classmethod
     def from_mapping(cls, headers: Mapping[str, str]) -> Context:
@@ -102,6 +120,30 @@ class Context:
     @staticmethod
     def reset(token: Token[Context | None]) -> None:
         _current.reset(token)
+
+
+async def within_deadline(context: Context, awaitable: Awaitable[T]) -> T:
+    """Await ``awaitable`` with ``context`` current, raising ``errors.Timeout`` (408) when its
+    deadline passes first; a ``TimeoutError`` the awaitable raises itself passes through."""
+    token = context.activate()
+    try:
+        remaining = context.remaining()
+        if remaining is None:
+            return await awaitable
+        if remaining <= 0:
+            if asyncio.iscoroutine(awaitable):
+                awaitable.close()
+            raise Timeout("deadline exceeded before the handler started")
+        deadline = asyncio.timeout(remaining)
+        try:
+            async with deadline:
+                return await awaitable
+        except TimeoutError:
+            if deadline.expired():
+                raise Timeout("deadline exceeded") from None
+            raise
+    finally:
+        Context.reset(token)
 
 
 def _deadline_from_millis(value: str) -> float | None:

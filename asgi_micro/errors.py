@@ -20,6 +20,7 @@ these classes; the server renders it and the client raises the same class again.
     ├── InternalServerError    500  a handler failed; details stay in the server log
     ├── NotImplemented         501
     ├── BadGateway             502
+    │   └── ConnectionLost     502  the connection broke after the request was sent
     ├── ServiceUnavailable     503  no node to call, or the node is draining
     │   └── ConnectionFailed   503  a node could not be reached (the request was not sent)
     └── GatewayTimeout         504
@@ -37,6 +38,7 @@ __all__ = [
     "BadRequest",
     "Conflict",
     "ConnectionFailed",
+    "ConnectionLost",
     "Forbidden",
     "GatewayTimeout",
     "InternalServerError",
@@ -152,6 +154,28 @@ class NotImplemented(MicroError):
 
 class BadGateway(MicroError):
     code = 502
+
+
+class ConnectionLost(BadGateway):
+    """The connection broke after the request was written and before the whole response came.
+
+    The node may have processed the request, so only an idempotent one may be sent again.
+    ``reused`` tells whether the connection had served an earlier request (a keep-alive connection
+    the node closed as the request went out), ``response_started`` whether any byte of the
+    response had arrived.
+    """
+
+    def __init__(
+        self,
+        detail: str = "",
+        *,
+        id: str = "",
+        reused: bool = False,
+        response_started: bool = False,
+    ) -> None:
+        super().__init__(detail, id=id)
+        self.reused = reused
+        self.response_started = response_started
 
 
 class ServiceUnavailable(MicroError):

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import pytest
+import uvicorn
 
 T = TypeVar("T")
 
@@ -51,3 +53,24 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"{message} within {timeout}s (last: {result!r})")
         await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    app: Any, *, host: str = "127.0.0.1", port: int | None = None
+) -> AsyncIterator[str]:
+    """Run ``app`` on uvicorn in this event loop, lifespan included; yields ``host:port``."""
+    port = port or free_port(host)
+    config = uvicorn.Config(app, host=host, port=port, lifespan="on", log_level="warning")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("uvicorn stopped before it started")
+            await asyncio.sleep(0.01)
+        yield f"{host}:{port}"
+    finally:
+        server.should_exit = True
+        await task

@@ -14,6 +14,7 @@ from contextlib import AbstractAsyncContextManager as AsyncContextManager
 import pytest
 
 from asgi_micro.registry import Registry
+from asgi_micro.registry.mdns import MDNSRegistry
 from asgi_micro.registry.memory import MemoryRegistry
 
 
@@ -24,7 +25,18 @@ async def memory_pair() -> AsyncIterator[tuple[Registry, Registry]]:
         yield registry, registry
 
 
+@contextlib.asynccontextmanager
+async def mdns_pair() -> AsyncIterator[tuple[Registry, Registry]]:
+    """Two zeroconf instances on loopback, as two processes on one machine would be."""
+    async with (
+        MDNSRegistry(interfaces=["127.0.0.1"]) as registry,
+        MDNSRegistry(interfaces=["127.0.0.1"]) as observer,
+    ):
+        yield registry, observer
+
+
 BACKENDS: dict[str, Callable[[], AsyncContextManager[tuple[Registry, Registry]]]] = {
+    "mdns": mdns_pair,
     "memory": memory_pair,
 }
 

@@ -1,0 +1,310 @@
+"""The ``asgi-micro`` command: run a service, look at the registry, call endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .client import Client
+from .client.http import HTTPTransport
+from .errors import MicroError
+from .registry import DEFAULT_URL, Registry, from_url
+from .registry import Service as ServiceRecord
+
+__all__ = ["app", "main"]
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="asgi-micro",
+    help="Run micro services and talk to them by name.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+RegistryOption = Annotated[
+    str,
+    typer.Option(
+        "--registry",
+        envvar="MICRO_REGISTRY",
+        help="Registry URL, e.g. mdns:// (loopback), mdns://0.0.0.0 (every interface), memory://.",
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+@app.command()
+def run(
+    target: Annotated[
+        str, typer.Argument(metavar="APP", help="module:attr, or a file path (attr 'app').")
+    ],
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    reload: Annotated[bool, typer.Option(help="Restart when code changes (development).")] = False,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve APP with uvicorn (uvloop, httptools); the service registers itself."""
+    import uvicorn
+
+    import_string, app_dir = locate_app(target)
+    if port:
+        # Tell the service what it serves on, so it registers before the first request.
+        os.environ.setdefault("MICRO_ADDRESS", f"{host}:{port}")
+    uvicorn.run(
+        import_string,
+        host=host,
+        port=port,
+        reload=reload,
+        app_dir=app_dir,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_level=log_level,
+    )
+
+
+@app.command()
+def services(registry: RegistryOption = DEFAULT_URL, as_json: JsonOption = False) -> None:
+    """List the services in the registry."""
+    found = _with_registry(registry, lambda r: r.list_services())
+    if as_json:
+        _print_json([service.to_dict() for service in found])
+        return
+    table = Table("service", "version", "nodes", "addresses")
+    for service in sorted(found, key=lambda s: (s.name, s.version)):
+        addresses = ", ".join(sorted(node.address for node in service.nodes))
+        table.add_row(service.name, service.version, str(len(service.nodes)), addresses)
+    console.print(table if found else "no services found")
+
+
+@app.command()
+def describe(
+    name: Annotated[str, typer.Argument(help="Service name.")],
+    registry: RegistryOption = DEFAULT_URL,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a service's nodes and endpoints with their schemas."""
+    found = _with_registry(registry, lambda r: r.get_service(name))
+    if not found:
+        errors.print(f"service {name!r} not found")
+        raise typer.Exit(1)
+    if as_json:
+        _print_json([service.to_dict() for service in found])
+        return
+    for service in found:
+        _print_service(service)
+
+
+@app.command()
+def call(
+    service: Annotated[str, typer.Argument(help="Service name.")],
+    endpoint: Annotated[str, typer.Argument(help="Endpoint, e.g. Greeter.Hello.")],
+    request: Annotated[str, typer.Argument(help="Request as JSON.")] = "{}",
+    address: Annotated[
+        str | None, typer.Option(help="Call this host:port, skip the registry.")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds.")] = 5.0,
+    metadata: Annotated[
+        list[str] | None, typer.Option("--metadata", "-m", help="Micro-* metadata as key=value.")
+    ] = None,
+    registry: RegistryOption = DEFAULT_URL,
+) -> None:
+    """Call an endpoint and print the reply as JSON."""
+    try:
+        payload = orjson.loads(request)
+    except orjson.JSONDecodeError as exc:
+        errors.print(f"the request is not valid JSON: {exc}")
+        raise typer.Exit(2) from None
+    extra = _pairs(metadata or [])
+
+    async def go(reg: Registry) -> Any:
+        client = Client(registry=reg, caller="asgi-micro-cli", timeout=timeout)
+        try:
+            return await client.call(service, endpoint, payload, address=address, metadata=extra)
+        finally:
+            await client.aclose()
+
+    try:
+        reply = _with_registry(registry, go)
+    except MicroError as exc:
+        errors.print_json(orjson.dumps(exc.to_dict()).decode())
+        raise typer.Exit(1) from None
+    _print_json(reply)
+
+
+@app.command()
+def health(
+    name: Annotated[str, typer.Argument(help="Service name.")],
+    registry: RegistryOption = DEFAULT_URL,
+    as_json: JsonOption = False,
+) -> None:
+    """Ask every node of a service for its health; exits 1 unless all are serving."""
+
+    async def go(reg: Registry) -> list[dict[str, str]]:
+        transport = HTTPTransport()
+        try:
+            services = await reg.get_service(name)
+            nodes = [(service, node) for service in services for node in service.nodes]
+            return list(
+                await asyncio.gather(*(_health(transport, s, n.id, n.address) for s, n in nodes))
+            )
+        finally:
+            await transport.aclose()
+
+    rows = _with_registry(registry, go)
+    if as_json:
+        _print_json(rows)
+    elif rows:
+        table = Table("node", "address", "version", "status")
+        for row in rows:
+            style = "green" if row["status"] == "serving" else "red"
+            table.add_row(row["node"], row["address"], row["version"], f"[{style}]{row['status']}")
+        console.print(table)
+    else:
+        errors.print(f"service {name!r} not found")
+    if not rows or any(row["status"] != "serving" for row in rows):
+        raise typer.Exit(1)
+
+
+async def _health(
+    transport: HTTPTransport, service: ServiceRecord, node_id: str, address: str
+) -> dict[str, str]:
+    host, _, port = address.rpartition(":")
+    row = {"node": node_id, "address": address, "version": service.version}
+    try:
+        response = await transport.request(
+            host.strip("[]"), int(port), "GET", "/_micro/health", timeout=2.0
+        )
+        row["status"] = str(orjson.loads(response.body).get("status", response.status))
+    except (MicroError, orjson.JSONDecodeError, ValueError) as exc:
+        row["status"] = f"unreachable ({type(exc).__name__})"
+    return row
+
+
+def locate_app(target: str) -> tuple[str, str]:
+    """``(import string, directory to import from)`` for ``module:attr`` or a file path.
+
+    A file inside packages (directories with ``__init__.py``) is imported by its dotted path
+    from the first directory above them, so its own absolute imports work.
+    """
+    path_part, _, attr = target.partition(":")
+    path = Path(path_part)
+    if path.suffix == ".py" or path.exists():
+        if not path.is_file():
+            raise typer.BadParameter(f"no such file: {path_part}", param_hint="APP")
+        path = path.resolve()
+        parts = [path.stem]
+        root = path.parent
+        while (root / "__init__.py").exists():
+            parts.insert(0, root.name)
+            root = root.parent
+        return f"{'.'.join(parts)}:{attr or 'app'}", str(root)
+    if not attr:
+        raise typer.BadParameter("expected module:attr or a path to a .py file", param_hint="APP")
+    return target, "."
+
+
+def import_app(target: str) -> Any:
+    """The object ``target`` names (see ``locate_app``)."""
+    import_string, app_dir = locate_app(target)
+    module_name, _, attr = import_string.partition(":")
+    sys.path.insert(0, app_dir)
+    try:
+        module = importlib.import_module(module_name)
+    finally:
+        sys.path.remove(app_dir)
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise typer.BadParameter(
+            f"{module_name} has no attribute {attr!r}", param_hint="APP"
+        ) from None
+
+
+def _with_registry(url: str, action: Callable[[Registry], Awaitable[T]]) -> T:
+    async def go() -> T:
+        registry = from_url(url)
+        async with registry:
+            return await action(registry)
+
+    try:
+        return asyncio.run(go())
+    except ValueError as exc:
+        errors.print(str(exc))
+        raise typer.Exit(2) from None
+
+
+def _print_service(service: ServiceRecord) -> None:
+    console.print(f"[bold]{service.name}[/bold] {service.version}")
+    nodes = Table("node", "address", "metadata", title="nodes", title_justify="left")
+    for node in service.nodes:
+        nodes.add_row(node.id, node.address, _compact(node.metadata))
+    console.print(nodes)
+    endpoints = Table(
+        "endpoint", "route", "request", "response", title="endpoints", title_justify="left"
+    )
+    for endpoint in service.endpoints:
+        route = f"{endpoint.metadata.get('method', '')} {endpoint.metadata.get('path', '')}".strip()
+        endpoints.add_row(
+            endpoint.name, route, _fields(endpoint.request), _fields(endpoint.response)
+        )
+    console.print(endpoints)
+
+
+def _fields(schema: dict[str, Any] | None) -> str:
+    if not schema:
+        return ""
+    if "$ref" in schema:
+        schema = schema.get("$defs", {}).get(schema["$ref"].rpartition("/")[2], schema)
+    properties = schema.get("properties")
+    if not properties:
+        return str(schema.get("title") or schema.get("type") or "")
+    required = set(schema.get("required", ()))
+    return ", ".join(
+        f"{name}{'' if name in required else '?'}: {_type_name(spec)}"
+        for name, spec in properties.items()
+    )
+
+
+def _type_name(spec: dict[str, Any]) -> str:
+    if "type" in spec:
+        return str(spec["type"])
+    if "$ref" in spec:
+        return str(spec["$ref"].rpartition("/")[2])
+    if "anyOf" in spec:
+        return " | ".join(_type_name(option) for option in spec["anyOf"])
+    return "any"
+
+
+def _compact(mapping: dict[str, str]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in sorted(mapping.items()))
+
+
+def _pairs(items: list[str]) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected key=value, got {item!r}", param_hint="--metadata")
+        pairs[key] = value
+    return pairs
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def main() -> None:
+    app()

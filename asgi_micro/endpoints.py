@@ -1,0 +1,187 @@
+"""The registry's view of an app: one ``Endpoint`` per route and HTTP method."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute, iter_route_contexts
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+
+from .registry import Endpoint
+from .router import ENDPOINT_EXTENSION, MicroRoute
+from .rpc import RPC
+
+__all__ = ["INTERNAL_PREFIX", "endpoints_of"]
+
+logger = logging.getLogger("asgi_micro")
+
+INTERNAL_PREFIX = "/_micro"
+_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+
+def endpoints_of(app: Any) -> list[Endpoint]:
+    """Every route of a FastAPI or Starlette app, RPC endpoints with their message schemas."""
+    if isinstance(app, FastAPI):
+        return _fastapi_endpoints(app)
+    routes = getattr(app, "routes", None)
+    return _starlette_endpoints(routes, "") if routes else []
+
+
+def rpc_endpoint(rpc: RPC, path: str) -> Endpoint:
+    stream = {
+        (True, False): "server",
+        (False, True): "client",
+        (True, True): "bidi",
+    }.get((rpc.server_streaming, rpc.client_streaming))
+    metadata = {
+        "kind": "rpc",
+        "method": "POST",
+        "path": path,
+        "idempotent": "true" if rpc.idempotent else "false",
+    }
+    if stream:
+        metadata["stream"] = stream
+    return Endpoint(
+        name=rpc.name,
+        request=rpc.request.json_schema() if rpc.request else None,
+        response=rpc.response.json_schema() if rpc.response else None,
+        metadata=metadata,
+    )
+
+
+def _fastapi_endpoints(app: FastAPI) -> list[Endpoint]:
+    try:
+        openapi = app.openapi()
+    except Exception:  # a broken schema must not keep the service from registering
+        logger.warning("cannot build the OpenAPI schema; endpoints are registered without schemas")
+        openapi = {}
+    paths = openapi.get("paths", {})
+    components = openapi.get("components", {}).get("schemas", {})
+    endpoints: list[Endpoint] = []
+    for context in iter_route_contexts(app.routes):
+        route = context.original_route
+        if not isinstance(route, APIRoute):
+            endpoints.extend(_starlette_endpoints([route], ""))
+            continue
+        path = context.path_format or context.path or ""
+        if path.startswith(INTERNAL_PREFIX):
+            continue
+        rpc = route.rpc if isinstance(route, MicroRoute) else None
+        if rpc is not None:
+            endpoints.append(rpc_endpoint(rpc, path))
+            continue
+        for method in sorted(context.methods or ()):
+            operation = paths.get(path, {}).get(method.lower(), {})
+            name = operation.get(ENDPOINT_EXTENSION) or f"{method} {path}"
+            endpoints.append(
+                Endpoint(
+                    name=name,
+                    request=_request_schema(operation, components),
+                    response=_response_schema(operation, components),
+                    metadata=_http_metadata(method, path, operation.get("parameters", ())),
+                )
+            )
+    return endpoints
+
+
+def _starlette_endpoints(routes: Iterable[BaseRoute], prefix: str) -> list[Endpoint]:
+    endpoints: list[Endpoint] = []
+    for route in routes:
+        if isinstance(route, Mount):
+            endpoints.extend(_starlette_endpoints(route.routes, prefix + route.path))
+        elif isinstance(route, Route):
+            path = prefix + route.path_format
+            if not route.include_in_schema or path.startswith(INTERNAL_PREFIX):
+                continue
+            for method in sorted(route.methods or ()):
+                if method == "HEAD" and "GET" in (route.methods or ()):
+                    continue
+                endpoints.append(
+                    Endpoint(name=f"{method} {path}", metadata=_http_metadata(method, path))
+                )
+        elif isinstance(route, WebSocketRoute):
+            path = prefix + route.path_format
+            endpoints.append(
+                Endpoint(name=f"WEBSOCKET {path}", metadata={"kind": "websocket", "path": path})
+            )
+    return endpoints
+
+
+def _http_metadata(
+    method: str, path: str, parameters: Sequence[dict[str, Any]] = ()
+) -> dict[str, str]:
+    metadata = {
+        "kind": "http",
+        "method": method,
+        "path": path,
+        "idempotent": "true" if method in _IDEMPOTENT_METHODS else "false",
+    }
+    if parameters:
+        metadata["parameters"] = ",".join(f"{p.get('in')}:{p.get('name')}" for p in parameters)
+    return metadata
+
+
+def _request_schema(operation: dict[str, Any], components: dict[str, Any]) -> dict[str, Any] | None:
+    content = operation.get("requestBody", {}).get("content", {})
+    for media in content.values():
+        if "schema" in media:
+            return _standalone(media["schema"], components)
+    return None
+
+
+def _response_schema(
+    operation: dict[str, Any], components: dict[str, Any]
+) -> dict[str, Any] | None:
+    for status, response in sorted(operation.get("responses", {}).items()):
+        if not str(status).startswith("2"):
+            continue
+        for media in response.get("content", {}).values():
+            schema = media.get("schema")
+            if schema:
+                return _standalone(schema, components)
+    return None
+
+
+def _standalone(schema: dict[str, Any], components: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with its ``#/components/schemas/`` references moved into ``$defs``."""
+    needed: dict[str, Any] = {}
+    pending = [schema]
+    while pending:
+        node = pending.pop()
+        for ref in _refs(node):
+            name = ref.rpartition("/")[2]
+            if name not in needed and name in components:
+                needed[name] = components[name]
+                pending.append(components[name])
+    result: dict[str, Any] = _rewrite(schema)
+    if needed:
+        result["$defs"] = {name: _rewrite(value) for name, value in needed.items()}
+    return result
+
+
+def _refs(node: Any) -> Iterable[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str):
+                yield value
+            else:
+                yield from _refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _refs(item)
+
+
+def _rewrite(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {
+            key: value.replace("#/components/schemas/", "#/$defs/")
+            if key == "$ref" and isinstance(value, str)
+            else _rewrite(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_rewrite(item) for item in node]
+    return node

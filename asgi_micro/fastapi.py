@@ -1,0 +1,46 @@
+"""FastAPI dependencies, as ``Annotated`` types: ``async def hello(req: Req, ctx: Context)``.
+
+Each resolves on asgi-micro's fast path and over gRPC as well as through FastAPI.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends
+
+from . import client as client_module
+from . import context as context_module
+from . import service as service_module
+from .rpc import micro_dependency
+from .state import require_service
+
+__all__ = ["Client", "Context", "CurrentService"]
+
+
+def _context(
+    service: service_module.Service | None, context: context_module.Context
+) -> context_module.Context:
+    return context
+
+
+def _service(
+    service: service_module.Service | None, context: context_module.Context
+) -> service_module.Service:
+    return require_service(service)
+
+
+def _client(
+    service: service_module.Service | None, context: context_module.Context
+) -> client_module.Client:
+    return require_service(service).client
+
+
+Context = Annotated[context_module.Context, Depends(micro_dependency(_context))]
+"""The call's ``Micro-*`` metadata, deadline and trace headers."""
+
+CurrentService = Annotated[service_module.Service, Depends(micro_dependency(_service))]
+"""The ``Service`` serving the request."""
+
+Client = Annotated[client_module.Client, Depends(micro_dependency(_client))]
+"""The service's client, for calling other services."""

@@ -1,0 +1,237 @@
+"""``MicroRouter``: an ``APIRouter`` whose endpoints are named ``<Name>.<Method>``.
+
+``@router.rpc()`` turns an async function taking and returning pydantic models into an RPC
+endpoint served at ``POST /<name>/<method>``. It stays a normal FastAPI route (OpenAPI, docs,
+``include_router``), but requests skip FastAPI's per-request machinery: the body is validated
+by pydantic-core straight from bytes in any supported codec and the reply is serialised straight
+to bytes. Whenever something needs FastAPI itself (a plain ``Depends``, ``Request``, router-level
+dependencies, dependency overrides), the route falls back to it, with the same error shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from fastapi import APIRouter
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .codec import codec_for_accept, codec_for_content_type
+from .context import Context, current_context, within_deadline
+from .errors import (
+    InternalServerError,
+    MicroError,
+    NotAcceptable,
+    UnsupportedMediaType,
+    error_for_status,
+)
+from .responses import (
+    DEFAULT_MAX_BODY,
+    error_from_validation,
+    read_body,
+    send_error,
+    send_response,
+    validation_detail,
+)
+from .rpc import RPC
+from .state import service_of
+from .types import Receive, Scope, Send
+
+__all__ = ["ENDPOINT_EXTENSION", "MicroRoute", "MicroRouter"]
+
+logger = logging.getLogger("asgi_micro")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ENDPOINT_EXTENSION = "x-micro-endpoint"
+"""OpenAPI extension naming an operation's endpoint; the registry reads it."""
+
+_RPC_ATTRIBUTE = "__micro_rpc__"
+_MISSING = object()
+
+
+class MicroRouter(APIRouter):
+    """An ``APIRouter`` for the endpoints ``<name>.<Method>``, mounted at ``/<name lower-case>``."""
+
+    def __init__(self, name: str, *, prefix: str | None = None, **kwargs: Any) -> None:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(f"a router name must be an identifier such as 'Greeter', got {name!r}")
+        kwargs.setdefault("route_class", MicroRoute)
+        super().__init__(prefix=f"/{name.lower()}" if prefix is None else prefix, **kwargs)
+        self.name = name
+        self.rpcs: dict[str, RPC] = {}
+
+    def rpc(
+        self,
+        path: str | None = None,
+        *,
+        name: str | None = None,
+        idempotent: bool = False,
+        **route_options: Any,
+    ) -> Callable[[F], F]:
+        """Serve a handler as the RPC endpoint ``<Name>.<Method>``.
+
+        ``name`` overrides the method name (default: the function name in CamelCase), ``path``
+        the HTTP path (default: ``/<function name>``). ``idempotent=True`` declares that calling
+        it twice has the effect of calling it once, which lets clients retry it after a failure
+        that may have reached the server. Other options go to ``APIRouter.add_api_route``.
+        """
+
+        def decorator(handler: F) -> F:
+            method = name or _camel(handler.__name__)
+            if method in self.rpcs:
+                raise ValueError(f"{self.name}.{method} is defined twice")
+            spec = RPC.from_handler(f"{self.name}.{method}", handler, idempotent=idempotent)
+            self.rpcs[method] = spec
+            setattr(handler, _RPC_ATTRIBUTE, spec)
+            route_options.setdefault(
+                "response_model", spec.response.type if spec.response else None
+            )
+            route_options.setdefault("name", spec.name)
+            self.add_api_route(
+                path or f"/{handler.__name__}", handler, methods=["POST"], **route_options
+            )
+            return handler
+
+        return decorator
+
+    def add_api_route(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        spec: RPC | None = getattr(endpoint, _RPC_ATTRIBUTE, None)
+        endpoint_name = spec.name if spec else f"{self.name}.{_camel(endpoint.__name__)}"
+        kwargs["openapi_extra"] = {
+            ENDPOINT_EXTENSION: endpoint_name,
+            **(kwargs.get("openapi_extra") or {}),
+        }
+        super().add_api_route(path, endpoint, **kwargs)
+
+
+class MicroRoute(APIRoute):
+    """An ``APIRoute`` that serves RPC endpoints on the fast path and renders every error in
+    Go Micro's shape."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        # Before APIRoute.__init__, which builds the handler.
+        self.rpc: RPC | None = getattr(endpoint, _RPC_ATTRIBUTE, None)
+        super().__init__(path, endpoint, **kwargs)
+        self.fast = self.rpc is not None and self.rpc.standalone and not self.dependencies
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.fast and scope["method"] == "POST" and self.fast_allowed(scope):
+            await self.serve_fast(scope, receive, send)
+            return
+        await super().handle(scope, receive, send)
+
+    async def serve_fast(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve the RPC without FastAPI; the caller checked ``fast_allowed``."""
+        assert self.rpc is not None
+        limits = (
+            self.max_body_size,
+            getattr(scope.get("app"), "max_body_size", None),
+            DEFAULT_MAX_BODY,
+        )
+        await serve_rpc(self.rpc, scope, receive, send, limit=min(x for x in limits if x))
+
+    def fast_allowed(self, scope: Scope) -> bool:
+        """Whether this request may skip FastAPI: nothing it would run may be skipped."""
+        assert self.rpc is not None
+        if self.rpc.resolvers and getattr(scope.get("app"), "dependency_overrides", None):
+            return False  # tests override dependencies through FastAPI; let FastAPI resolve them
+        fastapi_scope = scope.get("fastapi")
+        if fastapi_scope:
+            included = fastapi_scope.get("effective_route_context")
+            if included is not None:
+                # include_router(..., dependencies=[...]) must run them: never skip security.
+                dependencies = getattr(included, "dependencies", _MISSING)
+                if dependencies is _MISSING or dependencies:
+                    return False
+        return True
+
+    def get_route_handler(self) -> Callable[[Request], Any]:
+        handler = super().get_route_handler()
+        rpc = self.rpc
+
+        async def micro_handler(request: Request) -> Response:
+            service = service_of(request.scope)
+            error_id = service.name if service else (rpc.name if rpc else "")
+            try:
+                response: Response = await handler(request)
+                return response
+            except MicroError as exc:
+                error: MicroError = exc
+            except RequestValidationError as exc:
+                error = error_for_status(400)(validation_detail(exc.errors()))
+            except HTTPException as exc:
+                error = error_for_status(exc.status_code)(str(exc.detail))
+            except Exception:
+                if rpc is None:
+                    raise  # plain routes keep the app's own exception handlers
+                logger.exception("%s failed", rpc.name)
+                error = InternalServerError()
+            error.id = error.id or error_id
+            return Response(error.to_json(), status_code=error.code, media_type="application/json")
+
+        return micro_handler
+
+
+async def serve_rpc(
+    rpc: RPC, scope: Scope, receive: Receive, send: Send, *, limit: int = DEFAULT_MAX_BODY
+) -> None:
+    """Decode, call and encode one RPC over HTTP without Starlette's request objects."""
+    service = service_of(scope)
+    error_id = service.name if service else rpc.name
+    content_type = accept = b""
+    for header, value in scope["headers"]:
+        if header == b"content-type":
+            content_type = value
+        elif header == b"accept":
+            accept = value
+    context = current_context()
+    # Under MicroMiddleware the context (and its deadline) is already in force.
+    own_context = context is None
+    if context is None:
+        context = Context.from_headers(scope["headers"])
+    try:
+        codec = codec_for_content_type(content_type.decode("latin-1"))
+        if codec is None:
+            raise UnsupportedMediaType(
+                f"unsupported content type {content_type.decode('latin-1')!r}"
+            )
+        reply_codec = codec_for_accept(accept.decode("latin-1"), codec)
+        if reply_codec is None:
+            raise NotAcceptable(f"cannot produce any of {accept.decode('latin-1')!r}")
+        body = await read_body(receive, limit=limit)
+        try:
+            request = codec.decode(body, rpc.request) if rpc.request is not None else None
+        except ValidationError as exc:
+            raise error_from_validation(exc, id=error_id) from None
+        kwargs = rpc.arguments(request, service, context)
+        if own_context:
+            result = await within_deadline(context, rpc.invoke(kwargs))
+        else:
+            result = await rpc.invoke(kwargs)
+        if rpc.response is None:
+            payload = reply_codec.encode({})
+        else:
+            if not isinstance(result, rpc.response.type):
+                result = rpc.response.validate_python(result)
+            payload = reply_codec.encode(result, rpc.response)
+    except MicroError as exc:
+        exc.id = exc.id or error_id
+        await send_error(send, exc)
+        return
+    except Exception:
+        logger.exception("%s failed", rpc.name)
+        await send_error(send, InternalServerError(id=error_id))
+        return
+    await send_response(send, 200, payload, reply_codec.content_type.encode("latin-1"))
+
+
+def _camel(name: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in name.split("_") if part)

@@ -1,0 +1,184 @@
+"""What an RPC handler is, independent of the protocol that carries it.
+
+``RPC.from_handler`` reads a handler's signature once: the parameter holding the request message,
+the return type, and dependencies asgi-micro can resolve without FastAPI (``Store``, ``Context``,
+...). HTTP and gRPC both call ``RPC.invoke``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import typing
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, get_args, get_origin
+
+from fastapi import Request, params
+from pydantic import BaseModel
+
+from .codec import MessageType
+from .context import Context, current_context
+from .state import service_of
+
+if TYPE_CHECKING:
+    from .service import Service
+
+__all__ = ["RPC", "Resolver", "micro_dependency"]
+
+Resolver = Callable[["Service | None", Context], Any]
+"""Resolves a dependency from the running service (``None`` without one) and the call's context;
+use ``state.require_service`` when the value needs the service."""
+
+_RESOLVER_ATTRIBUTE = "__micro_resolve__"
+
+
+def micro_dependency(resolve: Resolver) -> Callable[..., Any]:
+    """A FastAPI dependency that asgi-micro can also resolve on its own fast path and over gRPC.
+
+    ``resolve(service, context)`` returns the value. Use the result with ``Depends``.
+    """
+
+    def dependency(request: Request) -> Any:
+        context = current_context() or Context.from_headers(request.scope["headers"])
+        return resolve(service_of(request.scope), context)
+
+    setattr(dependency, _RESOLVER_ATTRIBUTE, resolve)
+    dependency.__name__ = getattr(resolve, "__name__", "micro_dependency")
+    return dependency
+
+
+@dataclass(slots=True, eq=False)
+class RPC:
+    """An RPC endpoint: ``name`` is ``<Router>.<Method>``."""
+
+    name: str
+    handler: Callable[..., Any]
+    request: MessageType | None
+    response: MessageType | None
+    request_param: str | None
+    resolvers: dict[str, Resolver] = field(default_factory=dict)
+    # False when a parameter needs FastAPI's machinery (a plain Depends, Request, Header, ...).
+    standalone: bool = True
+    idempotent: bool = False
+    server_streaming: bool = False
+    client_streaming: bool = False
+    is_async: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.is_async = inspect.iscoroutinefunction(self.handler)
+
+    @classmethod
+    def from_handler(cls, name: str, handler: Callable[..., Any], *, idempotent: bool) -> RPC:
+        if not callable(handler):
+            raise TypeError(f"{name}: the handler must be callable, got {handler!r}")
+        try:
+            hints = typing.get_type_hints(handler, include_extras=True)
+        except NameError as exc:
+            raise TypeError(
+                f"{name}: cannot resolve the handler's annotations ({exc}); names used in them "
+                "must be importable from the handler's module"
+            ) from exc
+        request_param: str | None = None
+        request_type: Any = None
+        resolvers: dict[str, Resolver] = {}
+        standalone = True
+        for parameter in inspect.signature(handler).parameters.values():
+            annotation = hints.get(parameter.name, inspect.Parameter.empty)
+            depends = _depends_of(annotation, parameter.default)
+            if depends is not None:
+                resolver = getattr(depends.dependency, _RESOLVER_ATTRIBUTE, None)
+                if resolver is None:
+                    standalone = False
+                else:
+                    resolvers[parameter.name] = resolver
+                continue
+            if annotation is inspect.Parameter.empty:
+                raise TypeError(f"{name}: annotate parameter {parameter.name!r} with its type")
+            if not _is_message(annotation):
+                # FastAPI's own parameters (Request, Header(), ...) keep working over HTTP.
+                standalone = False
+                continue
+            if request_param is not None:
+                raise TypeError(
+                    f"{name}: an RPC handler takes one request message, but {request_param!r} and "
+                    f"{parameter.name!r} are both messages; put the fields in one model"
+                )
+            request_param, request_type = parameter.name, annotation
+
+        return_type = hints.get("return", inspect.Parameter.empty)
+        server_streaming = inspect.isasyncgenfunction(handler)
+        if server_streaming:
+            return_type = _stream_item(name, return_type)
+        if return_type is type(None):
+            return_type = None
+        if return_type is inspect.Parameter.empty:
+            raise TypeError(f"{name}: annotate the return type (a pydantic model, or None)")
+        if return_type is not None and not _is_message(return_type):
+            raise TypeError(
+                f"{name}: the return type must be a pydantic model or None, got {return_type!r}"
+            )
+        return cls(
+            name=name,
+            handler=handler,
+            request=None if request_type is None else MessageType(request_type),
+            response=None if return_type is None else MessageType(return_type),
+            request_param=request_param,
+            resolvers=resolvers,
+            standalone=standalone,
+            idempotent=idempotent,
+            server_streaming=server_streaming,
+        )
+
+    @property
+    def method(self) -> str:
+        return self.name.rpartition(".")[2]
+
+    def arguments(self, request: Any, service: Service | None, context: Context) -> dict[str, Any]:
+        """Keyword arguments for the handler."""
+        kwargs: dict[str, Any] = {}
+        if self.request_param is not None:
+            kwargs[self.request_param] = request
+        for param, resolve in self.resolvers.items():
+            kwargs[param] = resolve(service, context)
+        return kwargs
+
+    async def invoke(self, kwargs: dict[str, Any]) -> Any:
+        """Run a unary handler; a sync handler runs in a worker thread."""
+        if self.is_async:
+            return await self.handler(**kwargs)
+        result = await asyncio.to_thread(self.handler, **kwargs)
+        if inspect.isawaitable(result):
+            return await result
+        return result
+
+    def stream(self, kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+        """Run a server-streaming handler."""
+        stream: AsyncIterator[Any] = self.handler(**kwargs)
+        return stream
+
+
+def _depends_of(annotation: Any, default: Any) -> params.Depends | None:
+    if isinstance(default, params.Depends):
+        return default
+    if get_origin(annotation) is typing.Annotated:
+        for extra in reversed(get_args(annotation)[1:]):
+            if isinstance(extra, params.Depends):
+                return extra
+    return None
+
+
+def _is_message(annotation: Any) -> bool:
+    if get_origin(annotation) is typing.Annotated:
+        annotation = get_args(annotation)[0]
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _stream_item(name: str, return_type: Any) -> Any:
+    origin = get_origin(return_type)
+    if origin in (AsyncIterator, typing.AsyncIterator, typing.AsyncGenerator) or (
+        origin is not None
+        and getattr(origin, "__name__", "") in ("AsyncIterator", "AsyncGenerator")
+    ):
+        return get_args(return_type)[0]
+    raise TypeError(f"{name}: annotate a streaming handler as returning AsyncIterator[Model]")

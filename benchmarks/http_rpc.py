@@ -1,0 +1,381 @@
+"""HTTP RPC overhead: asgi-micro against the raw stack, in one run.
+
+Four apps echo the same ~100-byte JSON body through the same pydantic model:
+
+    a  plain FastAPI route                      (the baseline users have today)
+    b  plain Starlette route + orjson           (the floor: no validation framework)
+    c  asgi-micro @rpc behind MicroMiddleware   (what the framework offers)
+    d  MicroMiddleware in front of route a      (the cost of adopting it on an existing app)
+
+End to end: each app runs in its own uvicorn process (uvloop, httptools) pinned to core 0, all
+four side by side; wrk on core 1 drives them in shuffled, interleaved rounds. Reported: median
+req/s, server CPU per request (from /proc), and the ratios c/a, c/b, d/a. In process: the same
+ASGI apps called with a fake receive/send in alternating batches, which is steadier on a noisy
+machine. Everything stays on 127.0.0.1 and every loop is bounded.
+
+    uv run python benchmarks/http_rpc.py [--rounds 8] [--seconds 3] [--connections 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from fastapi import FastAPI
+from pydantic import BaseModel
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from asgi_micro import MicroMiddleware, MicroRouter, Service
+from asgi_micro.registry.memory import MemoryRegistry
+
+BODY = (
+    b'{"name":"Ada Lovelace","age":36,"tags":["mathematics","computing"],"active":true,"score":9.5}'
+)
+PATHS = {"a": "/echo", "b": "/echo", "c": "/bench/echo", "d": "/echo"}
+LABELS = {
+    "a": "FastAPI route (pydantic)",
+    "b": "Starlette + orjson",
+    "c": "asgi-micro @rpc + middleware",
+    "d": "MicroMiddleware + FastAPI route",
+}
+
+
+class Person(BaseModel):
+    name: str
+    age: int
+    tags: list[str]
+    active: bool
+    score: float
+
+
+def fastapi_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/echo")
+    async def echo(person: Person) -> Person:
+        return person
+
+    return app
+
+
+def starlette_app() -> Starlette:
+    async def echo(request: Request) -> Response:
+        data = orjson.loads(await request.body())
+        return Response(orjson.dumps(data), media_type="application/json")
+
+    return Starlette(routes=[Route("/echo", echo, methods=["POST"])])
+
+
+def micro_service(name: str) -> Service:
+    return Service(name, registry=MemoryRegistry(), address="127.0.0.1:1")
+
+
+def micro_app() -> FastAPI:
+    bench = MicroRouter("Bench")
+
+    @bench.rpc()
+    async def echo(person: Person) -> Person:
+        return person
+
+    app = FastAPI()
+    app.include_router(bench)
+    app.add_middleware(MicroMiddleware, service=micro_service("bench-c"))
+    return app
+
+
+def adopted_app() -> FastAPI:
+    app = fastapi_app()
+    app.add_middleware(MicroMiddleware, service=micro_service("bench-d"))
+    return app
+
+
+APPS = {"a": fastapi_app, "b": starlette_app, "c": micro_app, "d": adopted_app}
+
+
+# -- end to end --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def serve(kind: str, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        APPS[kind](),
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+    )
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_listening(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server on port {port} did not start")
+
+
+def run_wrk(script: str, port: int, path: str, seconds: int, connections: int) -> tuple[float, int]:
+    output = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            "1",
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "-s",
+            script,
+            f"http://127.0.0.1:{port}{path}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 30,
+    ).stdout
+    if "Non-2xx" in output:
+        raise RuntimeError(f"errors during the run:\n{output}")
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    return rate, total
+
+
+def end_to_end(rounds: int, seconds: int, connections: int) -> dict[str, dict[str, float]]:
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is missing: apt-get install wrk")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(
+            'wrk.method = "POST"\n'
+            f"wrk.body = '{BODY.decode()}'\n"
+            'wrk.headers["Content-Type"] = "application/json"\n'
+        )
+    servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+    try:
+        for kind in APPS:
+            port = free_port()
+            process = subprocess.Popen(
+                [
+                    "taskset",
+                    "-c",
+                    "0",
+                    sys.executable,
+                    __file__,
+                    "--serve",
+                    kind,
+                    "--port",
+                    str(port),
+                ],
+                stdout=subprocess.DEVNULL,
+            )
+            servers[kind] = (process, port)
+        for _, port in servers.values():
+            wait_listening(port)
+        for kind, (_, port) in servers.items():  # warm up
+            run_wrk(script.name, port, PATHS[kind], 1, connections)
+        rates: dict[str, list[float]] = {kind: [] for kind in APPS}
+        cpu: dict[str, list[float]] = {kind: [] for kind in APPS}
+        for round_number in range(rounds):
+            order = list(APPS)
+            random.shuffle(order)
+            for kind in order:
+                process, port = servers[kind]
+                before = cpu_seconds(process.pid)
+                rate, total = run_wrk(script.name, port, PATHS[kind], seconds, connections)
+                rates[kind].append(rate)
+                cpu[kind].append((cpu_seconds(process.pid) - before) / total * 1e6)
+            print(
+                f"  round {round_number + 1}/{rounds}: "
+                + ", ".join(f"{kind} {rates[kind][-1]:,.0f}" for kind in APPS),
+                flush=True,
+            )
+        return {
+            kind: {"rps": statistics.median(rates[kind]), "cpu_us": statistics.median(cpu[kind])}
+            for kind in APPS
+        }
+    finally:
+        for process, _ in servers.values():
+            process.terminate()
+        for process, _ in servers.values():
+            process.wait(timeout=10)
+        os.unlink(script.name)
+
+
+# -- in process ---------------------------------------------------------------------------------
+
+
+class Lifespan:
+    """Runs an app's lifespan in process, as a server would, and keeps its state."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.state: dict[str, Any] = {}
+        self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Lifespan:
+        scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": self.state}
+        self._task = asyncio.create_task(self.app(scope, self._inbox.get, self._outbox.put))
+        await self._inbox.put({"type": "lifespan.startup"})
+        message = await self._outbox.get()
+        if message["type"] != "lifespan.startup.complete":
+            raise RuntimeError(f"startup failed: {message}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._inbox.put({"type": "lifespan.shutdown"})
+        await self._outbox.get()
+        assert self._task is not None
+        await self._task
+
+
+async def call_in_process(
+    app: Any, path: str, calls: int, state: dict[str, Any] | None = None
+) -> float:
+    scope_template = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 5000),
+        "headers": [
+            (b"host", b"127.0.0.1:8000"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(BODY)).encode()),
+        ],
+        "state": state or {},
+    }
+    message = {"type": "http.request", "body": BODY, "more_body": False}
+
+    async def receive() -> dict[str, Any]:
+        return message
+
+    statuses: list[int] = []
+
+    async def send(event: dict[str, Any]) -> None:
+        if event["type"] == "http.response.start":
+            statuses.append(event["status"])
+
+    started = time.perf_counter()
+    for _ in range(calls):
+        scope = dict(scope_template)
+        scope["state"] = dict(scope_template["state"])
+        await app(scope, receive, send)
+    elapsed = time.perf_counter() - started
+    if set(statuses) != {200}:
+        raise RuntimeError(f"{path}: unexpected statuses {set(statuses)}")
+    return elapsed / calls * 1e6
+
+
+async def in_process(rounds: int, batch: int) -> dict[str, float]:
+    apps = {kind: factory() for kind, factory in APPS.items()}
+    async with contextlib.AsyncExitStack() as stack:
+        lifespans = {
+            kind: await stack.enter_async_context(Lifespan(app)) for kind, app in apps.items()
+        }
+        for kind, app in apps.items():  # warm caches
+            await call_in_process(app, PATHS[kind], 200, lifespans[kind].state)
+        timings: dict[str, list[float]] = {kind: [] for kind in apps}
+        for _ in range(rounds):
+            order = list(apps)
+            random.shuffle(order)
+            for kind in order:
+                timings[kind].append(
+                    await call_in_process(apps[kind], PATHS[kind], batch, lifespans[kind].state)
+                )
+    return {kind: statistics.median(values) for kind, values in timings.items()}
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def report(e2e: dict[str, dict[str, float]] | None, local: dict[str, float]) -> None:
+    print("\nin process (us per call, lower is better; median of alternating batches)")
+    for kind, us in local.items():
+        print(f"  {kind}  {LABELS[kind]:<34} {us:8.1f} us   {1e6 / us:10,.0f} calls/s")
+    print(
+        f"  ratios (throughput): c/a {local['a'] / local['c']:.2f}x   c/b {local['b'] / local['c']:.2f}x   "
+        f"d/a {local['a'] / local['d']:.2f}x"
+    )
+    if e2e is None:
+        return
+    print("\nend to end over loopback (uvicorn + uvloop + httptools on core 0, wrk on core 1)")
+    for kind, row in e2e.items():
+        print(
+            f"  {kind}  {LABELS[kind]:<34} {row['rps']:10,.0f} req/s   {row['cpu_us']:6.1f} us CPU/request"
+        )
+    print(
+        f"  ratios (req/s): c/a {e2e['c']['rps'] / e2e['a']['rps']:.2f}x   "
+        f"c/b {e2e['c']['rps'] / e2e['b']['rps']:.2f}x   d/a {e2e['d']['rps'] / e2e['a']['rps']:.2f}x"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=2000, help="calls per in-process batch")
+    parser.add_argument("--in-process-only", action="store_true")
+    parser.add_argument("--serve", choices=sorted(APPS), help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.port)
+        return
+    print(f"in process: {args.rounds} rounds of {args.batch} calls per app")
+    local = asyncio.run(in_process(args.rounds, args.batch))
+    e2e = None
+    if not args.in_process_only:
+        print(
+            f"end to end: {args.rounds} rounds x {args.seconds}s per app, {args.connections} connections"
+        )
+        e2e = end_to_end(args.rounds, args.seconds, args.connections)
+    report(e2e, local)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+
+def _isort_order(name: str) -> tuple[int, str]:
+    """Constants, then classes, then functions: the order ruff's RUF022 keeps."""
+    return (0 if name.isupper() else 1 if name[:1].isupper() else 2, name)
+
+
+MODULES = [
+    "asgi_micro",
+    "asgi_micro.errors",
+    "asgi_micro.codec",
+    "asgi_micro.context",
+    "asgi_micro.registry",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_all_is_complete_and_sorted(name: str) -> None:
+    module = importlib.import_module(name)
+    exported = module.__all__
+    assert exported == sorted(exported, key=_isort_order), f"{name}.__all__ is not sorted"
+    for attribute in exported:
+        assert hasattr(module, attribute), f"{name}.__all__ names missing {attribute}"
+    public = {
+        attribute
+        for attribute, value in vars(module).items()
+        if not attribute.startswith("_")
+        and getattr(value, "__module__", name).startswith(name)
+        and (isinstance(value, type) or callable(value))
+    }
+    assert public <= set(exported), (
+        f"{name} has public names outside __all__: {public - set(exported)}"
+    )
