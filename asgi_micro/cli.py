@@ -20,6 +20,7 @@ from .client.http import HTTPTransport
 from .errors import MicroError
 from .registry import DEFAULT_URL, Registry, from_url
 from .registry import Service as ServiceRecord
+from .store.cli import app as store_app
 
 __all__ = ["app", "main"]
 
@@ -304,6 +305,9 @@ def _pairs(items: list[str]) -> dict[str, str]:
 
 def _print_json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+app.add_typer(store_app, name="store", help="Read and write the store.")
 
 
 def main() -> None:

@@ -69,6 +69,9 @@ class MessageType:
         self.dump_python = serializer.to_python
 
     def json_schema(self) -> dict[str, Any]:
+        schema = self.extension.get("json_schema")
+        if schema is not None:  # e.g. a generated protobuf class, which pydantic cannot describe
+            return dict(schema)
         return TypeAdapter(self.type).json_schema()
 
     def __repr__(self) -> str:

@@ -12,10 +12,11 @@ from fastapi import Depends
 from . import client as client_module
 from . import context as context_module
 from . import service as service_module
+from . import store as store_module
 from .rpc import micro_dependency
 from .state import require_service
 
-__all__ = ["Client", "Context", "CurrentService"]
+__all__ = ["Client", "Context", "CurrentService", "Store"]
 
 
 def _context(
@@ -35,6 +36,15 @@ def _client(
 ) -> client_module.Client:
     return require_service(service).client
 
+
+def _store(
+    service: service_module.Service | None, context: context_module.Context
+) -> store_module.Store:
+    return require_service(service).store
+
+
+Store = Annotated[store_module.Store, Depends(micro_dependency(_store))]
+"""The service's store, scoped to its own table."""
 
 Context = Annotated[context_module.Context, Depends(micro_dependency(_context))]
 """The call's ``Micro-*`` metadata, deadline and trace headers."""

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .errors import MethodNotAllowed, NotFound
+from .registry.mdns import REGISTRY_PATH
 from .responses import send_error, send_response
 from .types import Scope, Send
 
@@ -38,7 +39,7 @@ def _registry(service: Service) -> tuple[int, dict[str, Any]]:
 _ROUTES: dict[str, Callable[[Service], tuple[int, dict[str, Any]]]] = {
     "/_micro/health": _health,
     "/_micro/stats": _stats,
-    "/_micro/registry": _registry,
+    REGISTRY_PATH: _registry,
 }
 
 

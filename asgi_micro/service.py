@@ -31,11 +31,13 @@ import psutil
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from . import registry as registry_module
+from . import store as store_module
 from .__about__ import __version__
 from .endpoints import endpoints_of
 from .registry import Endpoint, Node, Registry
 from .registry import Service as ServiceRecord
 from .state import STATE_KEY
+from .store import Store
 from .types import ASGIApp
 
 if TYPE_CHECKING:
@@ -54,6 +56,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MICRO_", extra="ignore")
 
     registry: str = registry_module.DEFAULT_URL
+    store: str = store_module.DEFAULT_URL
     address: str | None = None
     register_ttl: float = 30.0
     register_interval: float = 10.0
@@ -90,6 +93,7 @@ class Service:
         version: str = "latest",
         metadata: Mapping[str, str] | None = None,
         registry: Registry | str | None = None,
+        store: Store | str | None = None,
         address: str | None = None,
         register_ttl: float | None = None,
         register_interval: float | None = None,
@@ -107,6 +111,12 @@ class Service:
             registry_module.from_url(registry or settings.registry)
             if registry is None or isinstance(registry, str)
             else registry
+        )
+        # One backend for the process's service; ``store`` is the view on this service's table.
+        self._store_backend: Store = (
+            store_module.from_url(store or settings.store)
+            if store is None or isinstance(store, str)
+            else store
         )
         self.address = address or settings.address
         self.register_ttl = settings.register_ttl if register_ttl is None else register_ttl
@@ -152,6 +162,7 @@ class Service:
             if self._started:
                 return
             await self.registry.start()
+            await self._store_backend.start()
             self.draining = False
             self.stats.started_at = time.time()
             self._started = True
@@ -176,6 +187,7 @@ class Service:
             if self._client is not None:
                 await self._client.aclose()
                 self._client = None
+            await self._store_backend.stop()
             await self.registry.stop()
             self._started = False
             self.draining = False
@@ -315,6 +327,14 @@ class Service:
                 self.stats.in_flight,
                 self.drain_timeout,
             )
+
+    # -- parts ------------------------------------------------------------------------------
+
+    @property
+    def store(self) -> Store:
+        """The store, scoped to database ``micro`` and this service's table; ``.database()``
+        and ``.table()`` give other namespaces on the same connections."""
+        return self._store_backend.table(self.name)
 
     # -- calling other services -------------------------------------------------------------
 

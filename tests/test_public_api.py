@@ -11,6 +11,13 @@ def _isort_order(name: str) -> tuple[int, str]:
 
 
 MODULES = [
+    "asgi_micro.client.http",
+    "asgi_micro.client.httpx",
+    "asgi_micro.store",
+    "asgi_micro.store.base",
+    "asgi_micro.store.memory",
+    "asgi_micro.store.sql",
+    "asgi_micro.protobuf",
     "asgi_micro",
     "asgi_micro.errors",
     "asgi_micro.codec",

@@ -334,7 +334,7 @@ def test_definition_errors_are_clear() -> None:
         async def untyped(a: Greeting):  # type: ignore[no-untyped-def]
             ...
 
-    with pytest.raises(TypeError, match="pydantic model or None"):
+    with pytest.raises(TypeError, match="pydantic model, a protobuf message or None"):
 
         @router.rpc()
         async def scalar(a: Greeting) -> int: ...

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from pydantic import BaseModel
 
@@ -125,3 +126,35 @@ def bind_generated(message_type: MessageType) -> None:
     message_type.dump_json = dump_json
     message_type.dump_python = dump_python
     message_type.extension[EXTENSION] = generated_converter(cls)
+    message_type.extension["json_schema"] = descriptor_json_schema(cls.DESCRIPTOR)
+
+
+_JSON_TYPES = {
+    FieldDescriptor.TYPE_DOUBLE: "number",
+    FieldDescriptor.TYPE_FLOAT: "number",
+    FieldDescriptor.TYPE_BOOL: "boolean",
+    FieldDescriptor.TYPE_STRING: "string",
+    FieldDescriptor.TYPE_BYTES: "string",
+    FieldDescriptor.TYPE_ENUM: "string",
+    FieldDescriptor.TYPE_MESSAGE: "object",
+}
+
+
+def descriptor_json_schema(descriptor: Any) -> dict[str, Any]:
+    """A JSON schema of a message as ``json_format`` writes it (proto field names), one level
+    deep: enough for the registry to show callers what to send."""
+    properties: dict[str, Any] = {}
+    field: Any
+    for field in descriptor.fields:
+        kind = _JSON_TYPES.get(field.type, "integer")
+        spec: dict[str, Any] = {"type": kind}
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            spec["title"] = field.message_type.name
+        if field.type == FieldDescriptor.TYPE_ENUM:
+            spec["enum"] = [value.name for value in field.enum_type.values]
+        if field.is_repeated and not (
+            field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry
+        ):
+            spec = {"type": "array", "items": spec}
+        properties[field.name] = spec
+    return {"title": descriptor.name, "type": "object", "properties": properties}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
@@ -144,7 +144,7 @@ class Registry(ABC):
         """Every known service and version; endpoints may be left out."""
 
     @abstractmethod
-    def watch(self, service: str | None = None) -> AsyncIterator[Event]:
+    def watch(self, service: str | None = None) -> AsyncGenerator[Event, None]:
         """Changes from now on, for one service or all; close the iterator to stop watching."""
 
     def __repr__(self) -> str:

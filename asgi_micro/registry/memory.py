@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from .base import Event, EventType, Node, Registry, Service
@@ -79,7 +79,7 @@ class MemoryRegistry(Registry):
             services.extend(await self.get_service(name))
         return services
 
-    async def watch(self, service: str | None = None) -> AsyncIterator[Event]:
+    async def watch(self, service: str | None = None) -> AsyncGenerator[Event, None]:
         queue: asyncio.Queue[Event] = asyncio.Queue()
         watcher = (service, queue)
         self._watchers.add(watcher)

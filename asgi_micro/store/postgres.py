@@ -6,7 +6,7 @@ missing asyncpg fails on import, where the backend loader names the extra that i
 
 from __future__ import annotations
 
-import asyncpg  # type: ignore[import-untyped]  # noqa: F401
+import asyncpg  # noqa: F401
 
 from .sql import SQLStore
 

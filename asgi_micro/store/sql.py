@@ -281,7 +281,7 @@ class _Shared:
 
             self.errors, self.connection_errors = (sqlite3.Error, sa.exc.DBAPIError), ()
         else:
-            import asyncpg  # type: ignore[import-untyped]
+            import asyncpg
 
             self.connection_errors = (
                 asyncpg.InterfaceError,
