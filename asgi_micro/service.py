@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+import httpx
 import psutil
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -346,6 +347,11 @@ class Service:
 
             self._client = Client(registry=self.registry, caller=self.name)
         return self._client
+
+    def http(self, **options: Any) -> httpx.AsyncClient:
+        """An ``httpx.AsyncClient`` in which ``http://<service>/...`` reaches a node of that
+        service, chosen, retried and ejected like any call (see ``Client.http``)."""
+        return self.client.http(**options)
 
     # -- signals ------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ in a subprocess pinned to core 0; this process, pinned to core 1, drives each cl
 - ``aiohttp``: a raw ``aiohttp.ClientSession`` (the baseline the RPC client must approach);
 - ``httpx``: a raw ``httpx.AsyncClient`` (the baseline ``service.http()`` must beat 5x);
 - ``transport``: ``asgi_micro.client.http.HTTPTransport.request``;
-- ``httpx+pooled``: ``httpx.AsyncClient`` over ``asgi_micro.client.httpx.PooledTransport``.
+- ``httpx+pooled``: ``httpx.AsyncClient`` over ``asgi_micro.client.httpx_transport.PooledTransport``.
 
 Rounds are short and interleaved in shuffled order so drift hits every client alike; each client
 is created fresh per run and warmed up before it is measured. Every figure is a median over rounds;
@@ -128,7 +128,7 @@ async def transport_client(port: int) -> AsyncIterator[Send]:
 async def pooled_httpx_client(port: int) -> AsyncIterator[Send]:
     import httpx
 
-    from asgi_micro.client.httpx import PooledTransport
+    from asgi_micro.client.httpx_transport import PooledTransport
 
     url = f"http://{HOST}:{port}/echo"
     async with httpx.AsyncClient(transport=PooledTransport()) as client:

@@ -12,7 +12,7 @@ def _isort_order(name: str) -> tuple[int, str]:
 
 MODULES = [
     "asgi_micro.client.http",
-    "asgi_micro.client.httpx",
+    "asgi_micro.client.httpx_transport",
     "asgi_micro.store",
     "asgi_micro.store.base",
     "asgi_micro.store.memory",

@@ -1,33 +1,54 @@
 """Calling services by name: ``await service.client.call("greeter", "Greeter.Hello", {...})``.
 
-The client resolves the service through the registry, picks a node, encodes the request by
-content type, sends the context (metadata, trace, the time left) along, and decodes the reply
-or raises the error the server sent, as the same class of ``asgi_micro.errors``.
+Each call resolves the service through a registry cache kept fresh by ``watch``, filters the
+nodes (version, metadata labels), leaves out nodes ejected for failing, picks one with the
+client's strategy, sends the context along (metadata, trace, the time left) and decodes the reply,
+or raises the error the server sent as the same class of ``asgi_micro.errors``. Failures that are
+safe to retry are retried on another node, within the caller's deadline (see ``retry``).
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar, overload
 
+import httpx
 import orjson
 
 from ..codec import codec_for_content_type, message_type
 from ..context import Context, current_context
-from ..errors import BadGateway, MicroError, ServiceUnavailable, Timeout
+from ..errors import (
+    BadGateway,
+    ConnectionFailed,
+    ConnectionLost,
+    MicroError,
+    ServiceUnavailable,
+    Timeout,
+)
 from ..registry import Node, Registry
 from ..registry import Service as ServiceRecord
+from .cache import RegistryCache
 from .http import HTTPTransport
+from .outliers import OutlierDetector
+from .retry import Backoff, retryable
+from .selector import Strategy, candidates, strategy_named
 
-__all__ = ["Client"]
+__all__ = ["CLIENT_ID", "Client"]
 
 T = TypeVar("T")
 
 CLIENT_ID = "asgi_micro.client"
+"""The ``id`` of errors the client raises itself."""
 
 
 class Client:
+    """Calls other services. Options are the defaults of every call; most can be set per call.
+
+    ``retries`` is the number of extra attempts a failed call may make, ``strategy`` one of
+    ``random`` (default), ``round_robin``, ``least_outstanding``, ``p2c`` or a ``Strategy``.
+    """
+
     def __init__(
         self,
         *,
@@ -35,12 +56,25 @@ class Client:
         caller: str | None = None,
         transport: HTTPTransport | None = None,
         timeout: float = 5.0,
+        retries: int = 2,
+        backoff: Backoff | None = None,
+        strategy: Strategy | str = "random",
+        outliers: OutlierDetector | None = None,
+        cache_refresh: float = 30.0,
     ) -> None:
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
         self.registry = registry
         self.caller = caller
         self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff or Backoff()
+        self.strategy = strategy_named(strategy) if isinstance(strategy, str) else strategy
+        self.outliers = outliers or OutlierDetector()
+        self.cache = RegistryCache(registry, refresh=cache_refresh, error_id=CLIENT_ID)
         self.transport = transport or HTTPTransport()
         self._owns_transport = transport is None
+        self._in_flight: dict[str, int] = {}
         self._by_address: dict[str, ServiceRecord] = {}
 
     @overload
@@ -55,6 +89,10 @@ class Client:
         metadata: Mapping[str, str] | None = None,
         address: str | None = None,
         content_type: str = "application/json",
+        retries: int | None = None,
+        version: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        strategy: Strategy | None = None,
     ) -> T: ...
 
     @overload
@@ -69,6 +107,10 @@ class Client:
         metadata: Mapping[str, str] | None = None,
         address: str | None = None,
         content_type: str = "application/json",
+        retries: int | None = None,
+        version: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        strategy: Strategy | None = None,
     ) -> Any: ...
 
     async def call(
@@ -82,56 +124,167 @@ class Client:
         metadata: Mapping[str, str] | None = None,
         address: str | None = None,
         content_type: str = "application/json",
+        retries: int | None = None,
+        version: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        strategy: Strategy | None = None,
     ) -> Any:
         """Call ``endpoint`` (``"Greeter.Hello"``) of ``service`` and return the reply.
 
         ``request`` is a pydantic model, a dict or ``None``. The reply is a ``response_model``
         instance when one is given, else the decoded value (a dict for JSON). ``timeout``
-        (default: the client's) is capped by the deadline of the request being handled, if any;
-        ``address`` (``host:port``) skips the registry and calls that node.
+        (default: the client's) is capped by the deadline of the request being handled, if
+        any, and bounds every retry. ``address`` (``host:port``) skips the registry and calls
+        that node; ``version`` and ``labels`` (node metadata) narrow the nodes.
         """
-        context = (current_context() or Context()).onward(
-            timeout=self.timeout if timeout is None else timeout, metadata=metadata
-        )
+        context = self._context(timeout, metadata)
         codec = codec_for_content_type(content_type)
         if codec is None:
             raise ValueError(f"no codec for content type {content_type!r}")
         reply_type = None if response_model is None else message_type(response_model)
-        records = await self._lookup(service, address)
-        node = _pick(service, records)
-        method, path = _route(endpoint, records)
-        headers = [
-            ("content-type", codec.content_type),
-            ("accept", codec.content_type),
-            *context.headers(),
-        ]
-        if self.caller:
-            headers.append(("micro-from-service", self.caller))
-        remaining = context.remaining()
-        if remaining is not None and remaining <= 0:
-            raise Timeout(f"deadline exceeded before calling {service}", id=CLIENT_ID)
         body = codec.encode({} if request is None else request)
-        response = await self.transport.request(
-            node.host, node.port, method, path, headers=headers, body=body, timeout=remaining
-        )
-        if 200 <= response.status < 300:
-            reply_codec = codec_for_content_type(
-                (response.header(b"content-type") or b"").decode("latin-1")
+        records = await self._records(service, address)
+        method, path, idempotent = _route(endpoint, records)
+        base_headers = [("content-type", codec.content_type), ("accept", codec.content_type)]
+
+        async def attempt(node: Node, remaining: float | None) -> Any:
+            response = await self.transport.request(
+                node.host,
+                node.port,
+                method,
+                path,
+                headers=[*base_headers, *context.headers()],
+                body=body,
+                timeout=remaining,
             )
-            if reply_codec is None:
-                raise BadGateway(
-                    f"{service} replied with an unsupported content type", id=CLIENT_ID
+            if 200 <= response.status < 300:
+                reply_codec = codec_for_content_type(
+                    (response.header(b"content-type") or b"").decode("latin-1")
                 )
-            return reply_codec.decode(response.body, reply_type)
-        raise _error_from(response.status, response.body, service)
+                if reply_codec is None:
+                    raise BadGateway(
+                        f"{service} replied with an unsupported content type", id=CLIENT_ID
+                    )
+                return reply_codec.decode(response.body, reply_type)
+            raise _error_from(response.status, response.body, service)
+
+        return await self.attempts(
+            service,
+            attempt,
+            context=context,
+            idempotent=idempotent,
+            retries=self.retries if retries is None else retries,
+            address=address,
+            version=version,
+            labels=labels,
+            strategy=strategy,
+        )
+
+    def http(self, **options: Any) -> httpx.AsyncClient:
+        """An ``httpx.AsyncClient`` where ``http://<service>/path`` is resolved through the
+        registry with this client's selection, retries and ejection; hosts with a port or an IP
+        address are called directly. Options go to ``httpx.AsyncClient``."""
+        from .discovery import DiscoveryTransport
+
+        return httpx.AsyncClient(transport=DiscoveryTransport(self), **options)
+
+    async def attempts(
+        self,
+        service: str,
+        attempt: Callable[[Node, float | None], Awaitable[T]],
+        *,
+        context: Context,
+        idempotent: bool,
+        retries: int,
+        address: str | None = None,
+        version: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        strategy: Strategy | None = None,
+    ) -> T:
+        """Run ``attempt(node, seconds left)`` on selected nodes until it succeeds, a failure
+        may not be retried, the retries are spent or the deadline passes."""
+        tried: set[str] = set()
+        retry = 0
+        while True:
+            remaining = context.remaining()
+            if remaining is not None and remaining <= 0:
+                raise Timeout(f"deadline exceeded calling {service}", id=CLIENT_ID)
+            node = await self._select(service, tried, address, version, labels, strategy)
+            tried.add(node.id)
+            self._in_flight[node.id] = self._in_flight.get(node.id, 0) + 1
+            try:
+                result = await attempt(node, remaining)
+            except MicroError as exc:
+                if _node_failed(exc):
+                    self.outliers.failed(node)
+                else:
+                    self.outliers.succeeded(node)  # it answered: it is up
+                if retry >= retries or not retryable(
+                    exc, idempotent=idempotent, from_client=CLIENT_ID
+                ):
+                    raise
+                retry += 1
+                delay = self.backoff.delay(retry)
+                remaining = context.remaining()
+                if remaining is not None and delay >= remaining:
+                    raise
+                await asyncio.sleep(delay)
+            else:
+                self.outliers.succeeded(node)
+                return result
+            finally:
+                self._in_flight[node.id] -= 1
+
+    def in_flight(self, node: Node) -> int:
+        """Requests this client has outstanding on ``node``."""
+        return self._in_flight.get(node.id, 0)
 
     async def aclose(self) -> None:
+        await self.cache.aclose()
         if self._owns_transport:
             await self.transport.aclose()
 
-    async def _lookup(self, service: str, address: str | None) -> list[ServiceRecord]:
+    def _context(self, timeout: float | None, metadata: Mapping[str, str] | None) -> Context:
+        """The context of an outgoing call: the current one's, with ``metadata`` added and the
+        caller named (each hop names itself)."""
+        if self.caller:
+            metadata = {**(metadata or {}), "from-service": self.caller}
+        return (current_context() or Context()).onward(
+            timeout=self.timeout if timeout is None else timeout, metadata=metadata
+        )
+
+    async def _select(
+        self,
+        service: str,
+        tried: set[str],
+        address: str | None,
+        version: str | None,
+        labels: Mapping[str, str] | None,
+        strategy: Strategy | None,
+    ) -> Node:
+        if address is not None:
+            return Node(id=address, address=address)
+        nodes = candidates(await self.cache.get(service), version=version, labels=labels)
+        if not nodes:
+            wanted = "".join(
+                [
+                    f" at version {version}" if version else "",
+                    f" with labels {dict(labels)}" if labels else "",
+                ]
+            )
+            raise ServiceUnavailable(f"service {service}: no nodes found{wanted}", id=CLIENT_ID)
+        healthy = [node for node in nodes if not self.outliers.ejected(node)]
+        pool = (
+            [node for node in healthy if node.id not in tried]
+            or healthy
+            or [node for node in nodes if node.id not in tried]
+            or nodes
+        )
+        return (strategy or self.strategy).pick(service, pool, self.in_flight)
+
+    async def _records(self, service: str, address: str | None) -> list[ServiceRecord]:
         if address is None:
-            return await self.registry.get_service(service)
+            return await self.cache.get(service)
         record = self._by_address.get(address)
         if record is None:
             record = await self._describe_node(service, address)
@@ -154,25 +307,30 @@ class Client:
         return ServiceRecord(name=service, nodes=[node])
 
 
-def _pick(service: str, records: list[ServiceRecord]) -> Node:
-    nodes = [node for record in records for node in record.nodes]
-    if not nodes:
-        raise ServiceUnavailable(f"service {service}: no nodes found", id=CLIENT_ID)
-    return random.choice(nodes)
+def _node_failed(error: MicroError) -> bool:
+    """Whether the node itself failed (rather than answering with an error)."""
+    return isinstance(error, ConnectionFailed | ConnectionLost) or (
+        isinstance(error, BadGateway) and error.id == CLIENT_ID
+    )
 
 
-def _route(endpoint: str, records: list[ServiceRecord]) -> tuple[str, str]:
-    """The HTTP method and path of ``endpoint``: from the registry, else by convention
-    (``Greeter.GetItem`` is ``POST /greeter/get_item``)."""
+def _route(endpoint: str, records: list[ServiceRecord]) -> tuple[str, str, bool]:
+    """The HTTP method, path and idempotency of ``endpoint``: from the registry, else by
+    convention (``Greeter.GetItem`` is a non-idempotent ``POST /greeter/get_item``)."""
     for record in records:
         for candidate in record.endpoints:
             if candidate.name == endpoint and "path" in candidate.metadata:
-                return candidate.metadata.get("method", "POST"), candidate.metadata["path"]
+                metadata = candidate.metadata
+                return (
+                    metadata.get("method", "POST"),
+                    metadata["path"],
+                    metadata.get("idempotent") == "true",
+                )
     router, _, method = endpoint.rpartition(".")
     if not router or not method:
         raise ValueError(f"an endpoint is named '<Router>.<Method>', got {endpoint!r}")
     snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in method).lstrip("_")
-    return "POST", f"/{router.lower()}/{snake}"
+    return "POST", f"/{router.lower()}/{snake}", False
 
 
 def _error_from(status: int, body: bytes, service: str) -> MicroError:

@@ -42,10 +42,6 @@ _SPECIAL_HEADERS = _FRAMING_HEADERS | {b"host", b"connection"}
 # A stream stops reading from the socket when this much is buffered and nobody consumes it.
 _STREAM_HIGH_WATER = 256 * 1024
 _STREAM_LOW_WATER = 64 * 1024
-# An idle connection reused after this long is first polled for a close the event loop has not
-# read yet; busier connections skip the system call.
-_CHECK_IDLE_AFTER = 0.1
-
 Headers = Sequence[tuple[str | bytes, str | bytes]]
 
 
@@ -365,7 +361,8 @@ class _Connection(asyncio.Protocol):
             else:
                 error = errors.ConnectionLost(
                     f"connection to {self.pool} closed before the response was complete"
-                    + (f" ({exc})" if exc else ""),
+                    + (f" ({exc})" if exc else "")
+                    + "; the request was sent and may have been processed",
                     id=_ID,
                     reused=self.reused,
                     response_started=self.response_started,
@@ -548,7 +545,10 @@ class _Pool:
                     stale.parked = False
                     stale.drop(abort=False)
                 return None
-            if idle_for < _CHECK_IDLE_AFTER or not connection.peer_closed():
+            # Polled every time (about a microsecond): a close the event loop has not read yet
+            # would otherwise take the request with it, and a request that is not idempotent
+            # cannot be sent again.
+            if not connection.peer_closed():
                 return connection
             connection.drop()
         return None

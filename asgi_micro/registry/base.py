@@ -145,7 +145,11 @@ class Registry(ABC):
 
     @abstractmethod
     def watch(self, service: str | None = None) -> AsyncGenerator[Event, None]:
-        """Changes from now on, for one service or all; close the iterator to stop watching."""
+        """Changes from now on, for one service or all; close the iterator to stop watching.
+
+        The subscription is in place once the iterator has first been advanced (before its
+        first event), so a caller can watch first and then look up without missing a change.
+        """
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"

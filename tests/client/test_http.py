@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from asgi_micro import errors
 from asgi_micro.client.http import HTTPTransport
-from asgi_micro.client.httpx import PooledTransport
+from asgi_micro.client.httpx_transport import PooledTransport
 from tests.helpers import eventually, free_port, serve
 
 HOST = "127.0.0.1"

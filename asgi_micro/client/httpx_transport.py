@@ -18,7 +18,7 @@ import httpx
 from asgi_micro import errors
 from asgi_micro.client.http import HTTPTransport, StreamingResponse
 
-__all__ = ["PooledTransport"]
+__all__ = ["PooledTransport", "httpx_error"]
 
 _EXTENSIONS = {"http_version": b"HTTP/1.1"}
 
@@ -43,22 +43,30 @@ class PooledTransport(httpx.AsyncBaseTransport):
     async def send(self, request: httpx.Request, host: str, port: int) -> httpx.Response:
         """Send ``request`` to ``host:port``, whatever its URL names (so a layer above can
         resolve names); the Host header stays the request's."""
-        timeout = request.extensions.get("timeout", {})
-        body = await request.aread()
         try:
-            response = await self.transport.open_stream(
-                host,
-                port,
-                request.method,
-                request.url.raw_path.decode("ascii"),
-                headers=request.headers.raw,
-                body=body,
-                read_timeout=timeout.get("read"),
-                connect_timeout=timeout.get("connect"),
-                pool_timeout=timeout.get("pool"),
-            )
+            return await self.open(request, host, port)
         except errors.MicroError as exc:
-            raise _httpx_error(exc, request) from exc
+            raise httpx_error(exc, request) from exc
+
+    async def open(
+        self, request: httpx.Request, host: str, port: int, *, timeout: float | None = None
+    ) -> httpx.Response:
+        """As ``send``, raising asgi-micro's errors (for a layer that retries on them);
+        ``timeout`` bounds the whole exchange up to the response headers."""
+        timeouts = request.extensions.get("timeout", {})
+        body = await request.aread()
+        response = await self.transport.open_stream(
+            host,
+            port,
+            request.method,
+            request.url.raw_path.decode("ascii"),
+            headers=request.headers.raw,
+            body=body,
+            timeout=timeout,
+            read_timeout=timeouts.get("read"),
+            connect_timeout=timeouts.get("connect"),
+            pool_timeout=timeouts.get("pool"),
+        )
         return httpx.Response(
             response.status,
             headers=response.headers,
@@ -81,18 +89,20 @@ class _ResponseStream(httpx.AsyncByteStream):
             async for chunk in self._response:
                 yield chunk
         except errors.MicroError as exc:
-            raise _httpx_error(exc, self._request) from exc
+            raise httpx_error(exc, self._request) from exc
 
     async def aclose(self) -> None:
         await self._response.aclose()
 
 
-def _httpx_error(error: errors.MicroError, request: httpx.Request) -> httpx.TransportError:
+def httpx_error(error: errors.MicroError, request: httpx.Request) -> httpx.TransportError:
     """The httpx exception a user of ``httpx.AsyncClient`` expects for one of ours."""
     cause = error.__cause__
     kind: type[httpx.TransportError]
     if isinstance(error, errors.ConnectionFailed):
         kind = httpx.ConnectTimeout if isinstance(cause, TimeoutError) else httpx.ConnectError
+    elif isinstance(error, errors.ServiceUnavailable):
+        kind = httpx.ConnectError  # no node to connect to
     elif isinstance(error, errors.Timeout):
         # Waits for a free connection end in asyncio's TimeoutError; reads in our own timer.
         kind = httpx.PoolTimeout if isinstance(cause, TimeoutError) else httpx.ReadTimeout
