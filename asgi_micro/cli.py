@@ -13,7 +13,8 @@ from typing import Annotated, Any, TypeVar
 import orjson
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
+from rich.text import Text
 
 from .client import Client
 from .client.http import HTTPTransport
@@ -32,8 +33,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
-errors = Console(stderr=True)
+# What these print is data (names, metadata, schemas such as "map[string]string"): never markup.
+console = Console(markup=False)
+errors = Console(stderr=True, markup=False)
 
 RegistryOption = Annotated[
     str,
@@ -97,7 +99,7 @@ def describe(
     as_json: JsonOption = False,
 ) -> None:
     """Show a service's nodes and endpoints with their schemas."""
-    found = _with_registry(registry, lambda r: r.get_service(name))
+    found = _with_registry(registry, lambda r: _every_node(r, name))
     if not found:
         errors.print(f"service {name!r} not found")
         raise typer.Exit(1)
@@ -137,12 +139,7 @@ def call(
         finally:
             await client.aclose()
 
-    try:
-        reply = _with_registry(registry, go)
-    except MicroError as exc:
-        errors.print_json(orjson.dumps(exc.to_dict()).decode())
-        raise typer.Exit(1) from None
-    _print_json(reply)
+    _print_json(_with_registry(registry, go))
 
 
 @app.command()
@@ -156,7 +153,7 @@ def health(
     async def go(reg: Registry) -> list[dict[str, str]]:
         transport = HTTPTransport()
         try:
-            services = await reg.get_service(name)
+            services = await _every_node(reg, name)
             nodes = [(service, node) for service in services for node in service.nodes]
             return list(
                 await asyncio.gather(*(_health(transport, s, n.id, n.address) for s, n in nodes))
@@ -168,10 +165,10 @@ def health(
     if as_json:
         _print_json(rows)
     elif rows:
-        table = Table("node", "address", "version", "status")
+        table = Table(_node_column(), "address", "version", "status")
         for row in rows:
             style = "green" if row["status"] == "serving" else "red"
-            table.add_row(row["node"], row["address"], row["version"], f"[{style}]{row['status']}")
+            table.add_row(row["node"], row["address"], row["version"], Text(row["status"], style))
         console.print(table)
     else:
         errors.print(f"service {name!r} not found")
@@ -203,6 +200,11 @@ def locate_app(target: str) -> tuple[str, str]:
     path_part, _, attr = target.partition(":")
     path = Path(path_part)
     if path.suffix == ".py" or path.exists():
+        if path.is_dir():
+            raise typer.BadParameter(
+                f"{path_part} is a directory; name the .py file that holds the app",
+                param_hint="APP",
+            )
         if not path.is_file():
             raise typer.BadParameter(f"no such file: {path_part}", param_hint="APP")
         path = path.resolve()
@@ -242,14 +244,24 @@ def _with_registry(url: str, action: Callable[[Registry], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(go())
+    except MicroError as exc:
+        errors.print_json(orjson.dumps(exc.to_dict()).decode())
+        raise typer.Exit(1) from None
     except ValueError as exc:
         errors.print(str(exc))
         raise typer.Exit(2) from None
 
 
+async def _every_node(registry: Registry, name: str) -> list[ServiceRecord]:
+    """``get_service`` once the registry has heard every node: a fresh mDNS registry returns
+    the first node that answers, and a tool that shows every node must not stop there."""
+    await registry.list_services()
+    return await registry.get_service(name)
+
+
 def _print_service(service: ServiceRecord) -> None:
-    console.print(f"[bold]{service.name}[/bold] {service.version}")
-    nodes = Table("node", "address", "metadata", title="nodes", title_justify="left")
+    console.print(Text.assemble((service.name, "bold"), f" {service.version}"))
+    nodes = Table(_node_column(), "address", "metadata", title="nodes", title_justify="left")
     for node in service.nodes:
         nodes.add_row(node.id, node.address, _compact(node.metadata))
     console.print(nodes)
@@ -264,6 +276,11 @@ def _print_service(service: ServiceRecord) -> None:
     console.print(endpoints)
 
 
+def _node_column() -> Column:
+    # Folded rather than cut short: people copy node ids out of these tables.
+    return Column("node", overflow="fold")
+
+
 def _fields(schema: dict[str, Any] | None) -> str:
     if not schema:
         return ""
@@ -271,7 +288,9 @@ def _fields(schema: dict[str, Any] | None) -> str:
         schema = schema.get("$defs", {}).get(schema["$ref"].rpartition("/")[2], schema)
     properties = schema.get("properties")
     if not properties:
-        return str(schema.get("title") or schema.get("type") or "")
+        if schema.get("type") == "object" and "additionalProperties" not in schema:
+            return str(schema.get("title") or "object")  # a model without fields
+        return _type_name(schema)
     required = set(schema.get("required", ()))
     return ", ".join(
         f"{name}{'' if name in required else '?'}: {_type_name(spec)}"
@@ -280,8 +299,13 @@ def _fields(schema: dict[str, Any] | None) -> str:
 
 
 def _type_name(spec: dict[str, Any]) -> str:
-    if "type" in spec:
-        return str(spec["type"])
+    kind = spec.get("type")
+    if kind == "array" and isinstance(spec.get("items"), dict):
+        return f"[]{_type_name(spec['items'])}"
+    if kind == "object" and isinstance(spec.get("additionalProperties"), dict):
+        return f"map[string]{_type_name(spec['additionalProperties'])}"
+    if kind is not None:
+        return str(kind)
     if "$ref" in spec:
         return str(spec["$ref"].rpartition("/")[2])
     if "anyOf" in spec:

@@ -184,7 +184,7 @@ async def measure(
     return count / elapsed, cpu / count * 1e6, server_cpu / count * 1e6
 
 
-def wait_for_port(port: int, server: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+def wait_for_port(port: int, server: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:

@@ -40,7 +40,12 @@ def test_mkdocs_builds_strictly(tmp_path: Path) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "index.html").exists()
+    # Every snippet marker was replaced by its example file.
+    for page in tmp_path.rglob("*.html"):
+        assert "--8&lt;--" not in page.read_text() and "--8 &lt;" not in page.read_text(), page
+    assert 'MicroRouter</span><span class="p">(</span><span class="s2">"Greeter"' in (
+        tmp_path / "index.html"
+    ).read_text()
 
 
 async def test_quickstart_and_calling(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -76,3 +81,15 @@ async def test_errors_example(monkeypatch: pytest.MonkeyPatch) -> None:
         assert item == {"sku": "apple", "stock": 3}
         with pytest.raises(errors.NotFound, match="no item 'pear'"):
             await caller.client.call("inventory", "Inventory.Get", {"sku": "pear"})
+
+
+async def test_resilient_client_example(monkeypatch: pytest.MonkeyPatch) -> None:
+    example = load("resilient", monkeypatch)
+    quickstart = load("quickstart", monkeypatch)
+    registry = quickstart.service.registry
+    async with serve(quickstart.app), Service("caller", registry=registry) as caller:
+        await quickstart.service.wait_registered()
+        await example.configure(caller)
+        assert caller.client.retries == 3
+        with pytest.raises(errors.ServiceUnavailable, match="at version 2.0.0"):
+            await example.stock(caller, "apple")
