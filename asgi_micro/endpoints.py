@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI
@@ -11,7 +11,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 
 from .registry import Endpoint
-from .router import ENDPOINT_EXTENSION, MicroRoute
+from .router import ENDPOINT_EXTENSION, rpc_of
 from .rpc import RPC
 
 __all__ = ["INTERNAL_PREFIX", "endpoints_of"]
@@ -22,28 +22,28 @@ INTERNAL_PREFIX = "/_micro"
 _IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
-def endpoints_of(app: Any) -> list[Endpoint]:
-    """Every route of a FastAPI or Starlette app, RPC endpoints with their message schemas."""
+def endpoints_of(app: Any, *, grpc: Mapping[str, str] | None = None) -> list[Endpoint]:
+    """Every route of a FastAPI or Starlette app, RPC endpoints with their message schemas;
+    ``grpc`` maps the endpoints served over gRPC to their method paths."""
     if isinstance(app, FastAPI):
-        return _fastapi_endpoints(app)
+        return _fastapi_endpoints(app, grpc or {})
     routes = getattr(app, "routes", None)
     return _starlette_endpoints(routes, "") if routes else []
 
 
-def rpc_endpoint(rpc: RPC, path: str) -> Endpoint:
-    stream = {
-        (True, False): "server",
-        (False, True): "client",
-        (True, True): "bidi",
-    }.get((rpc.server_streaming, rpc.client_streaming))
+def rpc_endpoint(rpc: RPC, path: str, *, grpc: str | None = None) -> Endpoint:
+    """An RPC endpoint: over HTTP a ``POST`` (a ``WEBSOCKET`` when it takes a stream of
+    requests), and over gRPC the method path ``grpc`` when it is served there."""
     metadata = {
         "kind": "rpc",
-        "method": "POST",
+        "method": "WEBSOCKET" if rpc.client_streaming else "POST",
         "path": path,
         "idempotent": "true" if rpc.idempotent else "false",
     }
-    if stream:
-        metadata["stream"] = stream
+    if rpc.kind != "unary":
+        metadata["stream"] = rpc.kind
+    if grpc:
+        metadata["grpc"] = grpc
     return Endpoint(
         name=rpc.name,
         request=rpc.request.json_schema() if rpc.request else None,
@@ -52,7 +52,7 @@ def rpc_endpoint(rpc: RPC, path: str) -> Endpoint:
     )
 
 
-def _fastapi_endpoints(app: FastAPI) -> list[Endpoint]:
+def _fastapi_endpoints(app: FastAPI, grpc: Mapping[str, str]) -> list[Endpoint]:
     try:
         openapi = app.openapi()
     except Exception:  # a broken schema must not keep the service from registering
@@ -63,15 +63,15 @@ def _fastapi_endpoints(app: FastAPI) -> list[Endpoint]:
     endpoints: list[Endpoint] = []
     for context in iter_route_contexts(app.routes):
         route = context.original_route
+        path = context.path_format or context.path or ""
+        rpc = rpc_of(route)
+        if rpc is not None:
+            endpoints.append(rpc_endpoint(rpc, path, grpc=grpc.get(rpc.name)))
+            continue
         if not isinstance(route, APIRoute):
             endpoints.extend(_starlette_endpoints([route], ""))
             continue
-        path = context.path_format or context.path or ""
         if path.startswith(INTERNAL_PREFIX):
-            continue
-        rpc = route.rpc if isinstance(route, MicroRoute) else None
-        if rpc is not None:
-            endpoints.append(rpc_endpoint(rpc, path))
             continue
         for method in sorted(context.methods or ()):
             operation = paths.get(path, {}).get(method.lower(), {})

@@ -2,7 +2,11 @@
 
 ``RPC.from_handler`` reads a handler's signature once: the parameter holding the request message,
 the return type, and dependencies asgi-micro can resolve without FastAPI (``Store``, ``Context``,
-...). HTTP and gRPC both call ``RPC.invoke``.
+...). HTTP and gRPC both call ``RPC.invoke`` (or ``RPC.stream``).
+
+Streaming follows the signature: an async generator (``-> AsyncIterator[Reply]``) streams its
+replies, and a request parameter annotated ``AsyncIterator[Request]`` receives a stream of
+requests; both together make a bidirectional stream.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import typing
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, get_args, get_origin
 
@@ -82,6 +86,7 @@ class RPC:
             ) from exc
         request_param: str | None = None
         request_type: Any = None
+        client_streaming = False
         resolvers: dict[str, Resolver] = {}
         standalone = True
         for parameter in inspect.signature(handler).parameters.values():
@@ -96,7 +101,10 @@ class RPC:
                 continue
             if annotation is inspect.Parameter.empty:
                 raise TypeError(f"{name}: annotate parameter {parameter.name!r} with its type")
-            if not _is_message(annotation):
+            streamed = _iterated(annotation)
+            if streamed is not None and _is_message(streamed):
+                annotation = streamed
+            elif not _is_message(annotation):
                 # FastAPI's own parameters (Request, Header(), ...) keep working over HTTP.
                 standalone = False
                 continue
@@ -106,11 +114,18 @@ class RPC:
                     f"{parameter.name!r} are both messages; put the fields in one model"
                 )
             request_param, request_type = parameter.name, annotation
+            client_streaming = streamed is not None
 
         return_type = hints.get("return", inspect.Parameter.empty)
         server_streaming = inspect.isasyncgenfunction(handler)
         if server_streaming:
-            return_type = _stream_item(name, return_type)
+            return_type = _iterated(return_type)
+            if return_type is None:
+                raise TypeError(
+                    f"{name}: annotate a streaming handler as returning AsyncIterator[Model]"
+                )
+        if client_streaming and not inspect.iscoroutinefunction(handler) and not server_streaming:
+            raise TypeError(f"{name}: a handler that takes a stream of requests must be async")
         if return_type is type(None):
             return_type = None
         if return_type is inspect.Parameter.empty:
@@ -132,11 +147,23 @@ class RPC:
             standalone=standalone,
             idempotent=idempotent,
             server_streaming=server_streaming,
+            client_streaming=client_streaming,
         )
 
     @property
     def method(self) -> str:
         return self.name.rpartition(".")[2]
+
+    @property
+    def router(self) -> str:
+        """The ``MicroRouter`` name: ``Greeter`` of ``Greeter.Hello``."""
+        return self.name.rpartition(".")[0]
+
+    @property
+    def kind(self) -> str:
+        """``unary``, ``server`` (a stream of replies), ``client`` (a stream of requests) or
+        ``bidi``."""
+        return _KINDS[self.server_streaming, self.client_streaming]
 
     def arguments(self, request: Any, service: Service | None, context: Context) -> dict[str, Any]:
         """Keyword arguments for the handler."""
@@ -156,10 +183,18 @@ class RPC:
             return await result
         return result
 
-    def stream(self, kwargs: dict[str, Any]) -> AsyncIterator[Any]:
-        """Run a server-streaming handler."""
-        stream: AsyncIterator[Any] = self.handler(**kwargs)
+    def stream(self, kwargs: dict[str, Any]) -> AsyncGenerator[Any, None]:
+        """Run a server-streaming handler: its async generator, to iterate and ``aclose()``."""
+        stream: AsyncGenerator[Any, None] = self.handler(**kwargs)
         return stream
+
+
+_KINDS = {
+    (False, False): "unary",
+    (True, False): "server",
+    (False, True): "client",
+    (True, True): "bidi",
+}
 
 
 def _depends_of(annotation: Any, default: Any) -> params.Depends | None:
@@ -179,11 +214,14 @@ def _is_message(annotation: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel | ProtobufMessage)
 
 
-def _stream_item(name: str, return_type: Any) -> Any:
-    origin = get_origin(return_type)
-    if origin in (AsyncIterator, typing.AsyncIterator, typing.AsyncGenerator) or (
-        origin is not None
-        and getattr(origin, "__name__", "") in ("AsyncIterator", "AsyncGenerator")
-    ):
-        return get_args(return_type)[0]
-    raise TypeError(f"{name}: annotate a streaming handler as returning AsyncIterator[Model]")
+def _iterated(annotation: Any) -> Any:
+    """``X`` of ``AsyncIterator[X]``, ``AsyncIterable[X]`` or ``AsyncGenerator[X, ...]``."""
+    if get_origin(annotation) is typing.Annotated:
+        annotation = get_args(annotation)[0]
+    origin = get_origin(annotation)
+    if origin in _ASYNC_ITERATORS:
+        return get_args(annotation)[0]
+    return None
+
+
+_ASYNC_ITERATORS = (AsyncIterator, AsyncIterable, AsyncGenerator)

@@ -43,6 +43,7 @@ from .types import ASGIApp
 
 if TYPE_CHECKING:
     from .client import Client
+    from .grpc import GrpcSchema, GrpcServer
 
 __all__ = ["Service", "Settings", "Stats"]
 
@@ -59,6 +60,9 @@ class Settings(BaseSettings):
     registry: str = registry_module.DEFAULT_URL
     store: str = store_module.DEFAULT_URL
     address: str | None = None
+    grpc: bool = True
+    grpc_address: str | None = None
+    grpc_package: str | None = None
     register_ttl: float = 30.0
     register_interval: float = 10.0
 
@@ -100,6 +104,10 @@ class Service:
         register_interval: float | None = None,
         drain_timeout: float = 10.0,
         drain_grace: float = 1.0,
+        grpc: bool | None = None,
+        grpc_address: str | None = None,
+        grpc_package: str | None = None,
+        grpc_max_message_size: int | None = None,
     ) -> None:
         if not _NAME.fullmatch(name):
             raise ValueError(f"a service name is letters, digits, '.', '_' and '-', got {name!r}")
@@ -133,6 +141,13 @@ class Service:
             )
         self.drain_timeout = drain_timeout
         self.drain_grace = drain_grace
+        # gRPC: on unless turned off; address default: a free port on the HTTP host.
+        self.grpc = settings.grpc if grpc is None else grpc
+        self.grpc_address = grpc_address or settings.grpc_address
+        self.grpc_package = grpc_package or settings.grpc_package
+        self.grpc_max_message_size = grpc_max_message_size
+        self.grpc_server: GrpcServer | None = None
+        self._grpc_schema: GrpcSchema | None = None
         self.stats = Stats()
         self.app: ASGIApp | None = None
         self.node: Node | None = None
@@ -169,10 +184,16 @@ class Service:
             self._started = True
             if self.app is None:
                 return  # a client-only service: nothing to register
+            self._prepare_grpc()
             if self.address is not None:
+                host, _, port = self.address.rpartition(":")
+                if self.grpc and host and port.isdigit():  # else _register says what is wrong
+                    await self._start_grpc(host)
                 await self._register(self.address)
             else:
                 self._listening_at_start = await asyncio.to_thread(_listening)
+                if self.grpc and self.grpc_address is not None:
+                    await self._start_grpc(None)
             self._registration = asyncio.create_task(
                 self._keep_registered(), name=f"asgi-micro registration {self.name}"
             )
@@ -183,8 +204,14 @@ class Service:
             if not self._started:
                 return
             self.draining = True
+            await self._grpc_serving(False)
             await self._deregister()
-            await self._wait_in_flight()
+            if self.grpc_server is not None:
+                server, self.grpc_server = self.grpc_server, None
+                # Its calls count as in flight too: both end within drain_timeout.
+                await asyncio.gather(self._wait_in_flight(), server.stop(self.drain_timeout))
+            else:
+                await self._wait_in_flight()
             if self._client is not None:
                 await self._client.aclose()
                 self._client = None
@@ -197,6 +224,7 @@ class Service:
         """Stop taking work while still serving: deregister, give callers ``drain_grace``
         seconds to notice, then wait for in-flight requests."""
         self.draining = True
+        await self._grpc_serving(False)
         if await self._deregister() and self.drain_grace > 0:
             await asyncio.sleep(self.drain_grace)
         await self._wait_in_flight()
@@ -247,7 +275,10 @@ class Service:
     @property
     def endpoints(self) -> list[Endpoint]:
         if self._endpoints is None:
-            self._endpoints = endpoints_of(self.app) if self.app is not None else []
+            grpc_paths = self._grpc_schema.paths if self._grpc_schema is not None else None
+            self._endpoints = (
+                endpoints_of(self.app, grpc=grpc_paths) if self.app is not None else []
+            )
         return self._endpoints
 
     def record(self) -> ServiceRecord:
@@ -274,12 +305,16 @@ class Service:
                     "protocol": "http",
                 },
             )
+        if self.grpc_server is not None:
+            host, _, port = self.grpc_server.address.rpartition(":")
+            self.node.metadata["grpc"] = f"{_advertised_host(host.strip('[]'))}:{port}"
         await self.registry.register(self.record(), ttl=self.register_ttl)
         self._registered.set()
 
     async def _keep_registered(self) -> None:
         if self.node is None:
-            address = await _detect_address(self._listening_at_start, exclude=set())
+            grpc_ports = {self.grpc_server.port} if self.grpc_server is not None else set()
+            address = await _detect_address(self._listening_at_start, exclude=grpc_ports)
             if address is None:
                 logger.error(
                     "%s: cannot tell which address this process serves on; set MICRO_ADDRESS "
@@ -287,7 +322,10 @@ class Service:
                     self.name,
                 )
                 return
+            await self._start_grpc_logged(address)
             await self._register_logged(address)
+        else:
+            await self._start_grpc_logged(self.node.address)  # started again: same node
         while True:
             await asyncio.sleep(self.register_interval)
             assert self.node is not None
@@ -328,6 +366,53 @@ class Service:
                 self.stats.in_flight,
                 self.drain_timeout,
             )
+
+    # -- gRPC -------------------------------------------------------------------------------
+
+    def _prepare_grpc(self) -> None:
+        """Build the protobuf package of the app's handlers, once, so that gRPC and HTTP
+        ``application/protobuf`` share its converters; importing it registers that codec."""
+        from . import protobuf
+
+        if not self.grpc:
+            return
+        from .grpc import grpc_schema, service_package
+
+        try:
+            self._grpc_schema = grpc_schema(self.app, package=service_package(self))
+        except protobuf.ProtoSchemaError as exc:
+            raise protobuf.ProtoSchemaError(
+                f"{self.name}: {exc}; or serve HTTP only: Service(grpc=False) or MICRO_GRPC=false"
+            ) from exc
+        self._endpoints = None
+
+    async def _start_grpc(self, http_host: str | None) -> None:
+        from .grpc import DEFAULT_MAX_MESSAGE_SIZE, GrpcServer
+
+        assert self._grpc_schema is not None
+        if http_host and ":" in http_host and not http_host.startswith("["):
+            http_host = f"[{http_host}]"  # an IPv6 address, as grpc reads host:port
+        server = GrpcServer(
+            self,
+            self._grpc_schema,
+            address=self.grpc_address or f"{http_host}:0",
+            max_message_size=self.grpc_max_message_size or DEFAULT_MAX_MESSAGE_SIZE,
+        )
+        await server.start()
+        self.grpc_server = server
+
+    async def _start_grpc_logged(self, http_address: str) -> None:
+        """Start gRPC once the HTTP address is known, unless it runs already."""
+        if not self.grpc or self.grpc_server is not None:
+            return
+        try:
+            await self._start_grpc(http_address.rpartition(":")[0])
+        except Exception:
+            logger.exception("%s: gRPC failed to start; serving HTTP only", self.name)
+
+    async def _grpc_serving(self, serving: bool) -> None:
+        if self.grpc_server is not None:
+            await self.grpc_server.set_serving(serving)
 
     # -- parts ------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).parent))
-import transport  # noqa: E402 - the shared machinery of the transport benchmark
+import transport
 
 PAYLOAD = orjson.loads(transport.BODY)
 
@@ -65,7 +65,9 @@ async def service_http_client(port: int) -> AsyncIterator[transport.Send]:
     async with running_service(port) as service, service.http() as http:  # type: ignore[attr-defined]
 
         async def send() -> None:
-            response = await http.post("http://echo/echo", content=transport.BODY, headers=transport.HEADERS)
+            response = await http.post(
+                "http://echo/echo", content=transport.BODY, headers=transport.HEADERS
+            )
             transport.check(response.status_code, response.content)
 
         yield send

@@ -1,0 +1,86 @@
+"""``asgi-micro proto APP``: the ``.proto`` file of an app's RPC endpoints, for other languages.
+
+asgi-micro proto example_apps/greeter/app.py > greeter.proto
+asgi-micro proto example_apps/greeter/app.py --check greeter.proto   # exit 1 if renumbered
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..protobuf import IncompatibleSchema, ProtoSchemaError, check_compatible, render_proto
+from .schema import grpc_schema, service_package
+
+__all__ = ["proto"]
+
+
+def proto(
+    target: Annotated[
+        str, typer.Argument(metavar="APP", help="module:attr, or a file path (attr 'app').")
+    ],
+    check: Annotated[
+        Path | None,
+        typer.Option(
+            help="The .proto clients were built from: exit 1, listing every field the app "
+            "would renumber or retype, unless the new file is compatible with it.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    package: Annotated[
+        str | None,
+        typer.Option(help="Protobuf package; default: the app's service's (grpc_package)."),
+    ] = None,
+) -> None:
+    """Print the .proto of APP's RPC endpoints: what gRPC serves, to generate clients from."""
+    from ..cli import import_app, locate_app
+
+    app = import_app(target)
+    if package is None:
+        module = sys.modules.get(locate_app(target)[0].partition(":")[0])
+        service = _service_of(app, module)
+        if service is None:
+            raise typer.BadParameter(
+                "cannot tell which Service serves this app; name the package with --package",
+                param_hint="APP",
+            )
+        package = service_package(service)
+    try:
+        schema = grpc_schema(app, package=package)
+    except ProtoSchemaError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    for name, reason in schema.skipped.items():
+        typer.echo(f"note: {name} is served over HTTP only: {reason}", err=True)
+    if not schema.methods:
+        typer.echo("error: the app has no RPC endpoint that gRPC can serve", err=True)
+        raise typer.Exit(1)
+    if check is not None:
+        try:
+            check_compatible(schema.proto, check.read_text(encoding="utf-8"))
+        except IncompatibleSchema as exc:
+            typer.echo(f"{check} is not compatible with the app:", err=True)
+            for change in exc.changes:
+                typer.echo(f"  {change}", err=True)
+            raise typer.Exit(1) from None
+        except ProtoSchemaError as exc:  # the previous file itself is broken
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+    typer.echo(render_proto(schema.proto), nl=False)
+
+
+def _service_of(app: Any, module: Any) -> Any:
+    """The ``Service`` of an app: the one its ``MicroMiddleware`` got, else the only one its
+    module defines (``FastAPI(lifespan=service.lifespan)``)."""
+    from ..service import Service
+
+    for middleware in getattr(app, "user_middleware", ()):
+        service = middleware.kwargs.get("service")
+        if isinstance(service, Service):
+            return service
+    found = [value for value in vars(module).values() if isinstance(value, Service)]
+    return found[0] if len(found) == 1 else None

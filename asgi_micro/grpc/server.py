@@ -1,0 +1,129 @@
+"""The gRPC server of a service: grpc.aio in the event loop that serves the app.
+
+It serves every method of the service's ``GrpcSchema``, the standard health service
+(``grpc.health.v1``: ``SERVING``, ``NOT_SERVING`` from the moment the service starts to drain)
+and server reflection (v1alpha, from the schema's descriptor pool). ``stop(grace)`` stops taking
+calls and waits up to ``grace`` seconds for the running ones before cancelling them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from .handlers import method_handler
+from .schema import GrpcSchema
+
+if TYPE_CHECKING:
+    from ..service import Service
+
+__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "GrpcServer"]
+
+logger = logging.getLogger("asgi_micro")
+
+DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+"""Largest request message, as for HTTP bodies; a larger one gets ``RESOURCE_EXHAUSTED``."""
+
+
+class GrpcServer:
+    """Serves ``schema``'s methods for ``service`` on ``address`` (``host:port``; port 0 takes
+    a free one, see ``address`` once started)."""
+
+    def __init__(
+        self,
+        service: Service,
+        schema: GrpcSchema,
+        *,
+        address: str,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.service = service
+        self.schema = schema
+        self.address = address
+        self.max_message_size = max_message_size
+        self.options = tuple(options)
+        self._server: Any = None
+        self._health: Any = None
+
+    def __repr__(self) -> str:
+        return f"GrpcServer({self.address!r}, package={self.schema.proto.package!r})"
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rpartition(":")[2])
+
+    async def start(self) -> None:
+        """Bind and serve, in the running event loop."""
+        options = [
+            ("grpc.max_receive_message_length", self.max_message_size),
+            # Fail on a port in use instead of sharing it with another process.
+            ("grpc.so_reuseport", 0),
+            *self.options,
+        ]
+        server = grpc.aio.server(options=options)
+        package = self.schema.proto.package
+        by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+        proto = self.schema.proto
+        for method in self.schema.methods.values():
+            rpc = method.rpc
+            by_service.setdefault(method.service, {})[rpc.method] = method_handler(
+                rpc, self.service, proto.converter(rpc.request), proto.converter(rpc.response)
+            )
+        for name, handlers in by_service.items():
+            full_name = f"{package}.{name}"
+            # As generated code registers a servicer: generic handler and registered methods.
+            server.add_generic_rpc_handlers(
+                (grpc.method_handlers_generic_handler(full_name, handlers),)
+            )
+            server.add_registered_method_handlers(full_name, handlers)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        # Reflection answers from the schema's pool: put the standard services' files in too.
+        pool = proto.pool
+        for file in (health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
+            pool.AddSerializedFile(file.serialized_pb)
+        reflection.enable_server_reflection(
+            [*proto.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME],
+            server,
+            pool=pool,
+        )
+        try:
+            port = server.add_insecure_port(self.address)
+        except RuntimeError as exc:
+            raise OSError(
+                f"{self.service.name}: cannot serve gRPC on {self.address}: {exc}"
+            ) from exc
+        await server.start()
+        self._server = server
+        self.address = f"{self.address.rpartition(':')[0]}:{port}"
+        await self.set_serving(True)
+        for name, reason in self.schema.skipped.items():
+            logger.warning("%s: %s is served over HTTP only: %s", self.service.name, name, reason)
+
+    async def set_serving(self, serving: bool) -> None:
+        """What the health service reports, for the server and each of its services."""
+        if self._health is None:
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *self.schema.proto.service_names):
+            await self._health.set(name, status)
+
+    async def stop(self, grace: float | None) -> None:
+        """Stop taking calls, give the running ones ``grace`` seconds, then cancel them;
+        idempotent."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        await self.set_serving(False)
+        await server.stop(grace)
+        self._health = None
