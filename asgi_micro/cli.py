@@ -19,6 +19,7 @@ from rich.text import Text
 from .client import Client
 from .client.http import HTTPTransport
 from .errors import MicroError
+from .grpc.cli import proto
 from .registry import DEFAULT_URL, Registry, from_url
 from .registry import Service as ServiceRecord
 from .store.cli import app as store_app
@@ -332,6 +333,7 @@ def _print_json(value: Any) -> None:
 
 
 app.add_typer(store_app, name="store", help="Read and write the store.")
+app.command()(proto)
 
 
 def main() -> None:

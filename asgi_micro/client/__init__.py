@@ -10,13 +10,14 @@ safe to retry are retried on another node, within the caller's deadline (see ``r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar, overload
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import httpx
 import orjson
+from pydantic import BaseModel
 
-from ..codec import codec_for_content_type, message_type
+from ..codec import JSON, MessageType, codec_for_content_type, message_type
 from ..context import Context, current_context
 from ..errors import (
     BadGateway,
@@ -34,9 +35,13 @@ from .outliers import OutlierDetector
 from .retry import Backoff, retryable
 from .selector import Strategy, candidates, strategy_named
 
+if TYPE_CHECKING:
+    from .grpc import GrpcTransport
+
 __all__ = ["CLIENT_ID", "Client"]
 
 T = TypeVar("T")
+Transport = Literal["http", "grpc"]
 
 CLIENT_ID = "asgi_micro.client"
 """The ``id`` of errors the client raises itself."""
@@ -76,6 +81,7 @@ class Client:
         self._owns_transport = transport is None
         self._in_flight: dict[str, int] = {}
         self._by_address: dict[str, ServiceRecord] = {}
+        self._grpc: GrpcTransport | None = None
 
     @overload
     async def call(
@@ -93,6 +99,7 @@ class Client:
         version: str | None = None,
         labels: Mapping[str, str] | None = None,
         strategy: Strategy | None = None,
+        transport: Transport = "http",
     ) -> T: ...
 
     @overload
@@ -111,6 +118,7 @@ class Client:
         version: str | None = None,
         labels: Mapping[str, str] | None = None,
         strategy: Strategy | None = None,
+        transport: Transport = "http",
     ) -> Any: ...
 
     async def call(
@@ -128,6 +136,7 @@ class Client:
         version: str | None = None,
         labels: Mapping[str, str] | None = None,
         strategy: Strategy | None = None,
+        transport: Transport = "http",
     ) -> Any:
         """Call ``endpoint`` (``"Greeter.Hello"``) of ``service`` and return the reply.
 
@@ -135,9 +144,40 @@ class Client:
         instance when one is given, else the decoded value (a dict for JSON). ``timeout``
         (default: the client's) is capped by the deadline of the request being handled, if
         any, and bounds every retry. ``address`` (``host:port``) skips the registry and calls
-        that node; ``version`` and ``labels`` (node metadata) narrow the nodes.
+        that node; ``version`` and ``labels`` (node metadata) narrow the nodes. ``transport``
+        is ``"http"`` or ``"grpc"`` (the node's gRPC port, from its registry metadata).
         """
         context = self._context(timeout, metadata)
+        if transport == "grpc":
+            # A gRPC address speaks no HTTP/1.1 to describe itself: go by convention then.
+            records = [] if address else await self._records(service, address)
+            grpc_path, _, idempotent = _grpc_route(service, endpoint, records)
+
+            async def grpc_attempt(node: Node, remaining: float | None) -> Any:
+                return await self.grpc.unary(
+                    _grpc_address(node, address),
+                    grpc_path,
+                    request,
+                    response_model=response_model,
+                    metadata=context.headers(),
+                    timeout=remaining,
+                    service=service,
+                )
+
+            return await self.attempts(
+                service,
+                grpc_attempt,
+                context=context,
+                idempotent=idempotent,
+                retries=self.retries if retries is None else retries,
+                address=address,
+                version=version,
+                labels=labels,
+                strategy=strategy,
+                usable=_serves_grpc,
+            )
+        if transport != "http":
+            raise ValueError(f"transport is 'http' or 'grpc', got {transport!r}")
         codec = codec_for_content_type(content_type)
         if codec is None:
             raise ValueError(f"no codec for content type {content_type!r}")
@@ -180,6 +220,139 @@ class Client:
             strategy=strategy,
         )
 
+    async def stream(
+        self,
+        service: str,
+        endpoint: str,
+        request: Any = None,
+        *,
+        response_model: type[Any] | None = None,
+        request_model: type[Any] | None = None,
+        timeout: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+        address: str | None = None,
+        transport: Transport = "http",
+        version: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[Any]:
+        """Iterate over the replies of a streaming endpoint.
+
+        For a server-streaming endpoint ``request`` is one request; for a client- or
+        bidirectional-streaming one (gRPC only) it is an iterable or async iterable of requests
+        (of ``request_model`` when they are not dicts). A client-streaming endpoint yields its
+        one reply. Opening the stream fails over to another node like a call when nothing was
+        sent; once replies flow, a failure ends the stream with the error. The deadline covers
+        the whole stream; close the iterator (``contextlib.aclosing``) to stop early.
+        """
+        context = self._context(timeout, metadata)
+        records = [] if address and transport == "grpc" else await self._records(service, address)
+        kind = _stream_kind(endpoint, records, request)
+        if transport == "grpc":
+            grpc_path, _, _ = _grpc_route(service, endpoint, records)
+
+            def open_stream(node: Node, remaining: float | None) -> AsyncIterator[Any]:
+                grpc_address = _grpc_address(node, address)
+                options: dict[str, Any] = {
+                    "response_model": response_model,
+                    "metadata": context.headers(),
+                    "timeout": remaining,
+                    "service": service,
+                }
+                if kind == "server":
+                    return self.grpc.server_stream(grpc_address, grpc_path, request, **options)
+                if kind == "client":
+                    return _one(
+                        self.grpc.client_stream(
+                            grpc_address, grpc_path, request, request_model=request_model, **options
+                        )
+                    )
+                return self.grpc.bidi_stream(
+                    grpc_address, grpc_path, request, request_model=request_model, **options
+                )
+
+        elif transport == "http":
+            if kind != "server":
+                raise ValueError(
+                    f"{endpoint} streams requests: call it with transport='grpc' "
+                    "(over HTTP it is a WebSocket)"
+                )
+            method, path, _ = _route(endpoint, records)
+            body = JSON.encode({} if request is None else request)
+            reply_type = None if response_model is None else message_type(response_model)
+
+            def open_stream(node: Node, remaining: float | None) -> AsyncIterator[Any]:
+                return self._ndjson(
+                    node, method, path, body, context, remaining, reply_type, service
+                )
+
+        else:
+            raise ValueError(f"transport is 'http' or 'grpc', got {transport!r}")
+
+        async def first_reply(
+            node: Node, remaining: float | None
+        ) -> tuple[Any, AsyncIterator[Any]]:
+            replies = open_stream(node, remaining)
+            try:
+                return await anext(replies), replies
+            except StopAsyncIteration:
+                return _END, replies
+            except BaseException:
+                await _close(replies)
+                raise
+
+        first, replies = await self.attempts(
+            service,
+            first_reply,
+            context=context,
+            idempotent=False,  # only what failed before sending is tried again
+            retries=self.retries,
+            address=address,
+            version=version,
+            labels=labels,
+            usable=_serves_grpc if transport == "grpc" else None,
+        )
+        try:
+            if first is _END:
+                return
+            yield first
+            async for reply in replies:
+                yield reply
+        finally:
+            await _close(replies)
+
+    async def _ndjson(
+        self,
+        node: Node,
+        method: str,
+        path: str,
+        body: bytes,
+        context: Context,
+        remaining: float | None,
+        reply_type: MessageType | None,
+        service: str,
+    ) -> AsyncIterator[Any]:
+        headers = [
+            ("content-type", JSON.content_type),
+            ("accept", "application/x-ndjson"),
+            *context.headers(),
+        ]
+        async with self.transport.stream(
+            node.host, node.port, method, path, headers=headers, body=body, timeout=remaining
+        ) as response:
+            if not 200 <= response.status < 300:
+                raise _error_from(
+                    response.status, b"".join([chunk async for chunk in response]), service
+                )
+            pending = b""
+            async for chunk in response:
+                lines = (pending + chunk).split(b"\n")
+                pending = lines.pop()
+                for line in lines:
+                    if line.strip():
+                        yield _stream_line(line, reply_type, service)
+            if pending.strip():
+                yield _stream_line(pending, reply_type, service)
+
     def http(self, **options: Any) -> httpx.AsyncClient:
         """An ``httpx.AsyncClient`` where ``http://<service>/path`` is resolved through the
         registry with this client's selection, retries and ejection; hosts with a port or an IP
@@ -200,16 +373,18 @@ class Client:
         version: str | None = None,
         labels: Mapping[str, str] | None = None,
         strategy: Strategy | None = None,
+        usable: Callable[[Node], bool] | None = None,
     ) -> T:
-        """Run ``attempt(node, seconds left)`` on selected nodes until it succeeds, a failure
-        may not be retried, the retries are spent or the deadline passes."""
+        """Run ``attempt(node, seconds left)`` on selected nodes (those ``usable`` accepts)
+        until it succeeds, a failure may not be retried, the retries are spent or the
+        deadline passes."""
         tried: set[str] = set()
         retry = 0
         while True:
             remaining = context.remaining()
             if remaining is not None and remaining <= 0:
                 raise Timeout(f"deadline exceeded calling {service}", id=CLIENT_ID)
-            node = await self._select(service, tried, address, version, labels, strategy)
+            node = await self._select(service, tried, address, version, labels, strategy, usable)
             tried.add(node.id)
             self._in_flight[node.id] = self._in_flight.get(node.id, 0) + 1
             try:
@@ -235,12 +410,24 @@ class Client:
             finally:
                 self._in_flight[node.id] -= 1
 
+    @property
+    def grpc(self) -> GrpcTransport:
+        """The gRPC transport (channels pooled per node), opened on first use."""
+        if self._grpc is None:
+            from .grpc import GrpcTransport
+
+            self._grpc = GrpcTransport()
+        return self._grpc
+
     def in_flight(self, node: Node) -> int:
         """Requests this client has outstanding on ``node``."""
         return self._in_flight.get(node.id, 0)
 
     async def aclose(self) -> None:
         await self.cache.aclose()
+        if self._grpc is not None:
+            await self._grpc.aclose()
+            self._grpc = None
         if self._owns_transport:
             await self.transport.aclose()
 
@@ -261,15 +448,19 @@ class Client:
         version: str | None,
         labels: Mapping[str, str] | None,
         strategy: Strategy | None,
+        usable: Callable[[Node], bool] | None = None,
     ) -> Node:
         if address is not None:
             return Node(id=address, address=address)
         nodes = candidates(await self.cache.get(service), version=version, labels=labels)
+        if usable is not None:
+            nodes = [node for node in nodes if usable(node)]
         if not nodes:
             wanted = "".join(
                 [
                     f" at version {version}" if version else "",
                     f" with labels {dict(labels)}" if labels else "",
+                    " serving gRPC" if usable is _serves_grpc else "",
                 ]
             )
             raise ServiceUnavailable(f"service {service}: no nodes found{wanted}", id=CLIENT_ID)
@@ -339,3 +530,67 @@ def _error_from(status: int, body: bytes, service: str) -> MicroError:
     except orjson.JSONDecodeError:
         data = body.decode("utf-8", "replace") or f"{service} answered {status}"
     return MicroError.from_dict(data, status_code=status, id=service)
+
+
+_END = object()
+
+
+def _grpc_route(service: str, endpoint: str, records: list[ServiceRecord]) -> tuple[str, str, bool]:
+    """The gRPC method path of ``endpoint`` (from the registry, else by convention), its
+    stream kind and idempotency."""
+    for record in records:
+        for candidate in record.endpoints:
+            if candidate.name == endpoint and "grpc" in candidate.metadata:
+                metadata = candidate.metadata
+                return (
+                    metadata["grpc"],
+                    metadata.get("stream", ""),
+                    metadata.get("idempotent") == "true",
+                )
+    from .grpc import method_path
+
+    return method_path(service, endpoint), "", False
+
+
+def _grpc_address(node: Node, address: str | None) -> str:
+    # With ``address`` the caller named the gRPC address itself; else nodes were selected
+    # with ``_serves_grpc``.
+    return address or node.metadata["grpc"]
+
+
+def _serves_grpc(node: Node) -> bool:
+    return bool(node.metadata.get("grpc"))
+
+
+def _stream_kind(endpoint: str, records: list[ServiceRecord], request: Any) -> str:
+    """``server``, ``client`` or ``bidi``: from the registry, else from the request (a stream of
+    requests goes as ``bidi``, which carries a client stream's single reply as well)."""
+    for record in records:
+        for candidate in record.endpoints:
+            if candidate.name == endpoint:
+                kind = candidate.metadata.get("stream")
+                if kind:
+                    return kind
+                raise ValueError(f"{endpoint} does not stream: use call()")
+    streams_requests = isinstance(request, AsyncIterable | Iterable) and not isinstance(
+        request, Mapping | str | bytes | BaseModel
+    )
+    return "bidi" if streams_requests else "server"
+
+
+def _stream_line(line: bytes, reply_type: MessageType | None, service: str) -> Any:
+    if line.startswith(b'{"error":'):
+        data = orjson.loads(line)
+        if set(data) == {"error"}:
+            raise MicroError.from_dict(data["error"], id=service)
+    return JSON.decode(line, reply_type)
+
+
+async def _one(reply: Awaitable[Any]) -> AsyncIterator[Any]:
+    yield await reply
+
+
+async def _close(replies: AsyncIterator[Any]) -> None:
+    close = getattr(replies, "aclose", None)
+    if close is not None:
+        await close()
