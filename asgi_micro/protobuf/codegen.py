@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError
@@ -38,19 +38,38 @@ _MAX_EXACT_INT = 2**53
 _WIRE_TYPES = {0: "varint", 1: "64-bit", 2: "length-delimited", 5: "32-bit"}
 
 
-def compile_models(specs: Iterable[ModelSpec]) -> dict[type[BaseModel], tuple[Encode, Decode]]:
-    """The encode and decode functions of every model of a schema."""
+def compile_models(
+    specs: Iterable[ModelSpec], classes: Mapping[type[BaseModel], type[Message]]
+) -> dict[type[BaseModel], CompiledModel]:
+    """The functions of every model of a schema: model to fields and back, and the whole way
+    between model and bytes, which the gRPC hot path calls once per message."""
     specs = list(specs)
     writer = _Writer({spec.model: index for index, spec in enumerate(specs)})
     for spec in specs:
-        writer.encoder(spec)
-        writer.decoder(spec)
+        flat_encode = writer.encoder(spec)
+        flat_decode = writer.decoder(spec)
+        writer.wire(spec, classes[spec.model], flat_encode, flat_decode)
     namespace = writer.namespace
     exec(compile("\n".join(writer.lines), "<asgi_micro.protobuf.codegen>", "exec"), namespace)
     return {
-        spec.model: (namespace[f"encode_{index}"], namespace[f"decode_{index}"])
+        spec.model: CompiledModel(
+            *(
+                namespace[f"{kind}_{index}"]
+                for kind in ("encode", "decode", "to_bytes", "from_bytes")
+            )
+        )
         for index, spec in enumerate(specs)
     }
+
+
+_COMPILED = ("encode", "decode", "to_bytes", "from_bytes")
+
+
+class CompiledModel(NamedTuple):
+    to_fields: Encode
+    from_fields: Decode
+    to_bytes: Callable[[Any], bytes]
+    from_bytes: Callable[[bytes], Any]
 
 
 class _Writer:
@@ -61,6 +80,9 @@ class _Writer:
             "UnknownFieldSet": UnknownFieldSet,
             "check_wire_types": _check_wire_types,
             "encode_error": _encode_error,
+            "encode_failure": encode_failure,
+            "not_a_message": not_a_message,
+            "DecodeError": DecodeError,
             "ENCODE_ERRORS": (TypeError, ValueError, KeyError, AttributeError),
         }
 
@@ -72,7 +94,8 @@ class _Writer:
 
     # -- encoding ---------------------------------------------------------------------------
 
-    def encoder(self, spec: ModelSpec) -> None:
+    def encoder(self, spec: ModelSpec) -> list[str] | None:
+        """Writes ``encode_N``; returns the field names when every field passes as it is."""
         plain: list[str] = []
         body: list[str] = []
         for field in spec.fields:
@@ -108,6 +131,7 @@ class _Writer:
             *body,
             "    return fields",
         ]
+        return None if body else [field.name for field in spec.fields]
 
     def encode_expression(self, value: FieldValue, name: str, *, in_map: bool) -> str | None:
         """How one value becomes what upb takes; ``None`` when upb takes it as it is. upb fills
@@ -136,7 +160,8 @@ class _Writer:
 
     # -- decoding ---------------------------------------------------------------------------
 
-    def decoder(self, spec: ModelSpec) -> None:
+    def decoder(self, spec: ModelSpec) -> list[str] | None:
+        """Writes ``decode_N``; returns its dict items when every field is read as it is."""
         plain: list[str] = []
         body: list[str] = []
         for field in spec.fields:
@@ -186,6 +211,57 @@ class _Writer:
             *body,
             "    return fields",
         ]
+        return None if body else plain
+
+    def wire(
+        self,
+        spec: ModelSpec,
+        message_class: type[Message],
+        flat_encode: list[str] | None,
+        flat_decode: list[str] | None,
+    ) -> None:
+        """``to_bytes_N`` and ``from_bytes_N``: in one function each, since every call level
+        and intermediate dict costs several times over end to end on a gRPC call."""
+        index = self.models[spec.model]
+        model = self.bind(spec.model, "model")
+        message = self.bind(message_class, "message")
+        validate = self.bind(spec.model.__pydantic_validator__.validate_python, "validate")
+        from_string = self.bind(message_class.FromString, "from_string")
+        if flat_encode is not None:
+            keywords = ", ".join(f"{name}=values[{name!r}]" for name in flat_encode)
+            build = [
+                "    values = value.__dict__",
+                f"    return {message}({keywords}).SerializeToString()",
+            ]
+        else:
+            build = [f"    return {message}(**encode_{index}(value)).SerializeToString()"]
+        self.lines += [
+            f"def to_bytes_{index}(value):",
+            f"    if not isinstance(value, {model}):",
+            f"        value = {validate}(value)",
+            "    try:",
+            *("    " + line for line in build),
+            "    except (TypeError, ValueError) as exc:",
+            f"        raise encode_failure({message}, encode_{index}(value), exc) from exc",
+            f"def from_bytes_{index}(data):",
+            "    try:",
+            f"        message = {from_string}(data)",
+            "    except DecodeError as exc:",
+            f"        raise not_a_message({message}, exc) from exc",
+        ]
+        # The wire is typed, so lax mode only ever parses our own text forms (UUID, Decimal,
+        # enum values); by_name reads fields by name whatever the model's aliases. Neither
+        # option is passed when it changes nothing: keyword arguments cost on every call.
+        options = _validate_options(spec.model)
+        if flat_decode is not None:
+            known = self.bind({field.number: field.name for field in spec.fields}, "known")
+            self.lines += [
+                "    if UnknownFieldSet(message):",
+                f"        check_wire_types(message, {known}, {spec.name!r})",
+                f"    return {validate}({{{', '.join(flat_decode)}}}{options})",
+            ]
+        else:
+            self.lines.append(f"    return {validate}(decode_{index}(message){options})")
 
     def enum_reader(self, field: FieldSpec, spec: EnumSpec) -> list[str]:
         """An unknown number stays an int for the validator to reject; the generated
@@ -224,6 +300,40 @@ def _encode_error(
     if isinstance(error, PydanticSerializationError):
         return PydanticSerializationError(f"{model}.{field}: {error}")
     return PydanticSerializationError(f"{model}.{field}: cannot encode {value!r}: {error}")
+
+
+def _validate_options(model: type[BaseModel]) -> str:
+    """The keyword arguments decoding must pass to the model's validator."""
+    options = []
+    if model.model_config.get("strict"):
+        options.append("strict=False")
+    if any(
+        field.alias is not None or field.validation_alias is not None
+        for field in model.model_fields.values()
+    ):
+        options.append("by_name=True")
+    return "".join(f", {option}" for option in options)
+
+
+def encode_failure(
+    message_class: type[Message], fields: Fields, error: Exception
+) -> PydanticSerializationError:
+    """Name the field upb refused; it says what was wrong but not where."""
+    name = message_class.DESCRIPTOR.name
+    for field_name, value in fields.items():
+        try:
+            message_class(**{field_name: value})
+        except (TypeError, ValueError) as exc:
+            return PydanticSerializationError(
+                f"{name}.{field_name}: cannot encode {value!r}: {exc}"
+            )
+    return PydanticSerializationError(f"{name}: {error}")
+
+
+def not_a_message(message_class: type[Message], error: DecodeError) -> BadRequest:
+    return BadRequest(
+        f"the body is not a valid {message_class.DESCRIPTOR.full_name} message: {error}"
+    )
 
 
 def _check_wire_types(message: Message, known: Mapping[int, str], model_name: str) -> None:

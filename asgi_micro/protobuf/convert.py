@@ -22,8 +22,7 @@ from google.protobuf.message import DecodeError, Message
 from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError
 
-from ..errors import BadRequest
-from .codegen import Fields, compile_models
+from .codegen import CompiledModel, compile_models, encode_failure, not_a_message
 from .spec import ModelSpec
 
 __all__ = ["EMPTY", "MessageConverter", "generated_converter", "model_converters"]
@@ -63,13 +62,7 @@ def _parse(message_class: type[Message], data: bytes) -> Message:
     try:
         return message_class.FromString(data)
     except DecodeError as exc:
-        raise _not_a_message(message_class, exc) from exc
-
-
-def _not_a_message(message_class: type[Message], error: DecodeError) -> BadRequest:
-    return BadRequest(
-        f"the body is not a valid {message_class.DESCRIPTOR.full_name} message: {error}"
-    )
+        raise not_a_message(message_class, exc) from exc
 
 
 def generated_converter(message_class: type[Message]) -> MessageConverter:
@@ -126,19 +119,16 @@ def model_converters(
 ) -> dict[type, MessageConverter]:
     """Converters for every model of a schema."""
     return {
-        model: _model_converter(model, classes[model], encode, decode)
-        for model, (encode, decode) in compile_models(specs).items()
+        model: _model_converter(model, classes[model], compiled)
+        for model, compiled in compile_models(specs, classes).items()
     }
 
 
 def _model_converter(
-    model: type[BaseModel],
-    message_class: type[Message],
-    to_fields: Callable[[BaseModel], Fields],
-    from_fields: Callable[[Message], Fields],
+    model: type[BaseModel], message_class: type[Message], compiled: CompiledModel
 ) -> MessageConverter:
     validate = model.__pydantic_validator__.validate_python
-    from_string = message_class.FromString
+    to_fields, from_fields = compiled.to_fields, compiled.from_fields
 
     def to_message(value: Any) -> Message:
         if not isinstance(value, model):
@@ -147,38 +137,15 @@ def _model_converter(
         try:
             return message_class(**fields)
         except (TypeError, ValueError) as exc:
-            raise PydanticSerializationError(_locate(message_class, fields, exc)) from exc
-
-    def encode(value: Any) -> bytes:
-        return to_message(value).SerializeToString()
+            raise encode_failure(message_class, fields, exc) from exc
 
     def from_message(message: Message) -> Any:
-        # The wire is typed, so lax mode only ever parses our own text forms (UUID, Decimal,
-        # enum values); by_name reads fields by name whatever the model's aliases.
-        return validate(from_fields(message), strict=False, by_name=True)
-
-    def decode(data: bytes) -> Any:
-        try:
-            message = from_string(data)
-        except DecodeError as exc:
-            raise _not_a_message(message_class, exc) from exc
         return validate(from_fields(message), strict=False, by_name=True)
 
     return MessageConverter(
         message_class=message_class,
         to_message=to_message,
         from_message=from_message,
-        encode=encode,
-        decode=decode,
+        encode=compiled.to_bytes,
+        decode=compiled.from_bytes,
     )
-
-
-def _locate(message_class: type[Message], fields: Fields, error: Exception) -> str:
-    """Name the field upb refused; it says what was wrong but not where."""
-    name = message_class.DESCRIPTOR.name
-    for field_name, value in fields.items():
-        try:
-            message_class(**{field_name: value})
-        except (TypeError, ValueError) as exc:
-            return f"{name}.{field_name}: cannot encode {value!r}: {exc}"
-    return f"{name}: {error}"
