@@ -19,6 +19,8 @@ MODULES = [
     "asgi_micro.store.sql",
     "asgi_micro.protobuf",
     "asgi_micro.grpc",
+    "asgi_micro.streaming",
+    "asgi_micro.router",
     "asgi_micro.client.grpc",
     "asgi_micro.client.selector",
     "asgi_micro.client.retry",

@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from asgi_micro import MicroRouter, errors
 from asgi_micro.codec import message_type
 from asgi_micro.protobuf import message_converter
-from asgi_micro.router import NDJSON, SSE, stream_format
+from asgi_micro.streaming import NDJSON, SSE, stream_format
 from tests.helpers import serve
 
 from .conftest import Count, Echo, Lab
