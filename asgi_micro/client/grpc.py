@@ -123,7 +123,14 @@ class GrpcTransport:
     ) -> None:
         self.max_message_size = max_message_size
         self.connect_timeout = connect_timeout
-        self.options = [("grpc.max_receive_message_length", max_message_size), *options]
+        self.options = [
+            ("grpc.max_receive_message_length", max_message_size),
+            # grpc's own transparent retry would re-send a call whose connection broke after
+            # the server took it, then report "failed to connect" when the node is gone: the
+            # retry loop decides what may be repeated, so grpc must not.
+            ("grpc.enable_retries", 0),
+            *options,
+        ]
         self._nodes: dict[str, _Node] = {}
         self._codecs: dict[tuple[str, str, Any, Any], tuple[Encode, Decode]] = {}
         self._closed = False
