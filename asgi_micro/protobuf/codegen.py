@@ -161,9 +161,10 @@ class _Writer:
     # -- decoding ---------------------------------------------------------------------------
 
     def decoder(self, spec: ModelSpec) -> list[str] | None:
-        """Writes ``decode_N``; returns its dict items when every field is read as it is."""
-        plain: list[str] = []
-        body: list[str] = []
+        """Writes ``decode_N``; returns its dict items when every field is one expression
+        (``from_bytes_N`` then builds the dict itself, saving a call)."""
+        items: list[str] = []  # fields always present: one expression each
+        body: list[str] = []  # fields that may be left out, for the model's default
         for field in spec.fields:
             name = field.name
             read = f"message.{name}"
@@ -173,45 +174,44 @@ class _Writer:
             if field.shape == "repeated":
                 # Slicing a repeated field gives a list in one C call, twice as fast as list().
                 value = f"{read}[:]" if convert is None else f"[{convert} for element in {read}[:]]"
-                body.append(f"    fields[{name!r}] = {value}")
+                items.append(f"{name!r}: {value}")
             elif field.shape == "map":
                 value = (
                     f"dict({read})"
                     if convert is None
                     else f"{{key: {convert} for key, element in {read}.items()}}"
                 )
-                body.append(f"    fields[{name!r}] = {value}")
+                items.append(f"{name!r}: {value}")
             elif isinstance(field.value, EnumSpec):
                 body += self.enum_reader(field, field.value)
             elif convert is not None:
                 # Messages have presence: unset is None when the model allows it, else the
                 # model's default applies (or its "field required" error).
-                body += [
-                    f"    if message.HasField({name!r}):",
-                    f"        fields[{name!r}] = {convert}",
-                ]
                 if field.nullable:
-                    body += ["    else:", f"        fields[{name!r}] = None"]
+                    items.append(f"{name!r}: {convert} if message.HasField({name!r}) else None")
+                else:
+                    body += [
+                        f"    if message.HasField({name!r}):",
+                        f"        fields[{name!r}] = {convert}",
+                    ]
             elif field.optional:
-                body.append(
-                    f"    fields[{name!r}] = {read} if message.HasField({name!r}) else None"
-                )
+                items.append(f"{name!r}: {read} if message.HasField({name!r}) else None")
             elif isinstance(field.value, Scalar) and field.value.blank_is_unset:
                 # "" is no UUID, Decimal, date or time: a client left the field out.
                 body += [f"    text = {read}", "    if text:", f"        fields[{name!r}] = text"]
             else:
-                plain.append(f"{name!r}: {read}")
+                items.append(f"{name!r}: {read}")
         index = self.models[spec.model]
         known = self.bind({field.number: field.name for field in spec.fields}, "known")
         self.lines += [
             f"def decode_{index}(message):",
             "    if UnknownFieldSet(message):",
             f"        check_wire_types(message, {known}, {spec.name!r})",
-            f"    fields = {{{', '.join(plain)}}}",
+            f"    fields = {{{', '.join(items)}}}",
             *body,
             "    return fields",
         ]
-        return None if body else plain
+        return None if body else items
 
     def wire(
         self,
