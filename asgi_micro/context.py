@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from .errors import Timeout
 
-__all__ = ["TIMEOUT_HEADER", "Context", "current_context", "within_deadline"]
+__all__ = ["TIMEOUT_HEADER", "Context", "current_context", "request_context", "within_deadline"]
 
 T = TypeVar("T")
 
@@ -37,6 +37,16 @@ _current: ContextVar[Context | None] = ContextVar("asgi_micro_context", default=
 def current_context() -> Context | None:
     """The context of the request being handled, if any."""
     return _current.get()
+
+
+def request_context(headers: Iterable[tuple[bytes, bytes]]) -> tuple[Context, bool]:
+    """The context a request runs in: the one in force (``MicroMiddleware`` set it, and
+    enforces its deadline), else one read from ``headers``; and whether it is that new one,
+    whose deadline the caller must enforce."""
+    context = _current.get()
+    if context is not None:
+        return context, False
+    return Context.from_headers(headers), True
 
 
 @dataclass(slots=True)

@@ -8,14 +8,24 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .errors import BadRequest, MicroError, PayloadTooLarge
+from .codec import Codec, codec_for_content_type
+from .errors import (
+    BadRequest,
+    InternalServerError,
+    MicroError,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from .types import Receive, Send
 
 __all__ = [
     "DEFAULT_MAX_BODY",
     "error_from_validation",
+    "media_types",
     "read_body",
+    "request_codec",
     "send_error",
+    "send_failure",
     "send_response",
     "validation_detail",
 ]
@@ -24,6 +34,25 @@ logger = logging.getLogger("asgi_micro")
 
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
 _JSON = b"application/json"
+
+
+def media_types(headers: Sequence[tuple[bytes, bytes]]) -> tuple[str, str]:
+    """The request's ``Content-Type`` and ``Accept`` (``""`` when not given)."""
+    content_type = accept = b""
+    for header, value in headers:
+        if header == b"content-type":
+            content_type = value
+        elif header == b"accept":
+            accept = value
+    return content_type.decode("latin-1"), accept.decode("latin-1")
+
+
+def request_codec(content_type: str) -> Codec:
+    """The codec of a request body; ``UnsupportedMediaType`` (415) when there is none."""
+    codec = codec_for_content_type(content_type)
+    if codec is None:
+        raise UnsupportedMediaType(f"unsupported content type {content_type!r}")
+    return codec
 
 
 async def read_body(receive: Receive, *, limit: int = DEFAULT_MAX_BODY) -> bytes:
@@ -74,6 +103,17 @@ async def send_error(
 ) -> None:
     """Send ``error`` in Go Micro's shape; errors are always JSON, whatever was negotiated."""
     await send_response(send, error.code, error.to_json(), _JSON, headers)
+
+
+async def send_failure(send: Send, exc: Exception, *, error_id: str, name: str) -> None:
+    """Answer with what went wrong: a ``MicroError`` as it is (with ``error_id`` when it has
+    no id), anything else as a 500 with nothing of its internals, logged under ``name``."""
+    if isinstance(exc, MicroError):
+        exc.id = exc.id or error_id
+        await send_error(send, exc)
+        return
+    logger.error("%s failed", name, exc_info=exc)
+    await send_error(send, InternalServerError(id=error_id))
 
 
 def validation_detail(errors: Sequence[Any], *, skip_prefix: int = 0) -> str:

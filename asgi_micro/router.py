@@ -27,20 +27,21 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .codec import codec_for_accept, codec_for_content_type
-from .context import Context, current_context, within_deadline
+from .codec import codec_for_accept
+from .context import request_context, within_deadline
 from .errors import (
     InternalServerError,
     MicroError,
     NotAcceptable,
-    UnsupportedMediaType,
     error_for_status,
 )
 from .responses import (
     DEFAULT_MAX_BODY,
     error_from_validation,
+    media_types,
     read_body,
-    send_error,
+    request_codec,
+    send_failure,
     send_response,
     validation_detail,
 )
@@ -216,26 +217,13 @@ async def serve_rpc(
     """Decode, call and encode one RPC over HTTP without Starlette's request objects."""
     service = service_of(scope)
     error_id = service.name if service else rpc.name
-    content_type = accept = b""
-    for header, value in scope["headers"]:
-        if header == b"content-type":
-            content_type = value
-        elif header == b"accept":
-            accept = value
-    context = current_context()
-    # Under MicroMiddleware the context (and its deadline) is already in force.
-    own_context = context is None
-    if context is None:
-        context = Context.from_headers(scope["headers"])
+    content_type, accept = media_types(scope["headers"])
+    context, own_context = request_context(scope["headers"])
     try:
-        codec = codec_for_content_type(content_type.decode("latin-1"))
-        if codec is None:
-            raise UnsupportedMediaType(
-                f"unsupported content type {content_type.decode('latin-1')!r}"
-            )
-        reply_codec = codec_for_accept(accept.decode("latin-1"), codec)
+        codec = request_codec(content_type)
+        reply_codec = codec_for_accept(accept, codec)
         if reply_codec is None:
-            raise NotAcceptable(f"cannot produce any of {accept.decode('latin-1')!r}")
+            raise NotAcceptable(f"cannot produce any of {accept!r}")
         body = await read_body(receive, limit=limit)
         try:
             request = codec.decode(body, rpc.request) if rpc.request is not None else None
@@ -252,13 +240,8 @@ async def serve_rpc(
             if not isinstance(result, rpc.response.type):
                 result = rpc.response.validate_python(result)
             payload = reply_codec.encode(result, rpc.response)
-    except MicroError as exc:
-        exc.id = exc.id or error_id
-        await send_error(send, exc)
-        return
-    except Exception:
-        logger.exception("%s failed", rpc.name)
-        await send_error(send, InternalServerError(id=error_id))
+    except Exception as exc:
+        await send_failure(send, exc, error_id=error_id, name=rpc.name)
         return
     await send_response(send, 200, payload, reply_codec.content_type.encode("latin-1"))
 

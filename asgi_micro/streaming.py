@@ -19,20 +19,22 @@ import orjson
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from .codec import CODECS, JSON, MessageType, codec_for_content_type
-from .context import Context, current_context, within_deadline
+from .codec import CODECS, JSON, MessageType
+from .context import Context, current_context, request_context, within_deadline
 from .errors import (
     InternalServerError,
     MicroError,
     NotAcceptable,
     Timeout,
-    UnsupportedMediaType,
 )
 from .responses import (
     DEFAULT_MAX_BODY,
     error_from_validation,
+    media_types,
     read_body,
+    request_codec,
     send_error,
+    send_failure,
 )
 from .rpc import RPC
 from .state import service_of
@@ -181,40 +183,21 @@ async def serve_stream(
     as NDJSON or Server-Sent Events."""
     service = service_of(scope)
     error_id = service.name if service else rpc.name
-    content_type = accept = b""
-    for header, value in scope["headers"]:
-        if header == b"content-type":
-            content_type = value
-        elif header == b"accept":
-            accept = value
-    context = current_context()
-    own_context = context is None
-    if context is None:
-        context = Context.from_headers(scope["headers"])
+    content_type, accept = media_types(scope["headers"])
+    context, own_context = request_context(scope["headers"])
     try:
-        codec = codec_for_content_type(content_type.decode("latin-1"))
-        if codec is None:
-            raise UnsupportedMediaType(
-                f"unsupported content type {content_type.decode('latin-1')!r}"
-            )
-        format = stream_format(accept.decode("latin-1"))
+        codec = request_codec(content_type)
+        format = stream_format(accept)
         if format is None:
-            raise NotAcceptable(
-                f"{rpc.name} streams NDJSON or text/event-stream, not {accept.decode('latin-1')!r}"
-            )
+            raise NotAcceptable(f"{rpc.name} streams NDJSON or text/event-stream, not {accept!r}")
         body = await read_body(receive, limit=limit)
         try:
             request = codec.decode(body, rpc.request) if rpc.request is not None else None
         except ValidationError as exc:
             raise error_from_validation(exc, id=error_id) from None
         kwargs = rpc.arguments(request, service, context)
-    except MicroError as exc:
-        exc.id = exc.id or error_id
-        await send_error(send, exc)
-        return
-    except Exception:
-        logger.exception("%s failed", rpc.name)
-        await send_error(send, InternalServerError(id=error_id))
+    except Exception as exc:
+        await send_failure(send, exc, error_id=error_id, name=rpc.name)
         return
     replies = _Replies(send, format, rpc.response, error_id)
 
