@@ -131,9 +131,9 @@ class _GenericHandlers:
     """Takes what generated ``add_*Servicer_to_server`` functions add, as generic handlers
     only. grpc.aio's server keeps one pending request per *registered* method and waits on
     all of them for every call it takes, so each registered method costs every call an
-    ``asyncio.wait`` entry (measured: with health and reflection registered, ~60,000 more
-    instructions per call than with generic handlers alone); a generic handler costs a dict
-    lookup when a call's method is resolved."""
+    ``asyncio.wait`` entry (measured under callgrind: with health and reflection registered,
+    ~43,000 instructions per call more than with generic handlers alone, 12% of a call); a
+    generic handler costs a dict lookup when a call's method is resolved."""
 
     def __init__(self) -> None:
         self.handlers: list[grpc.GenericRpcHandler] = []
