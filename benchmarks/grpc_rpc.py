@@ -24,11 +24,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import os
 import random
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +40,7 @@ from typing import Any
 import grpc
 from fastapi import FastAPI
 from grpc_tools import protoc
+from harness import cpu_seconds, free_port
 from pydantic import BaseModel
 
 from asgi_micro import MicroRouter, Service
@@ -153,18 +152,6 @@ def serve(kind: str, port: int, generated: Path) -> None:
         log_level="warning",
         access_log=False,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def check_echo(port: int, messages: ModuleType, timeout: float = 20.0) -> None:

@@ -25,17 +25,16 @@ import os
 import random
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import orjson
 from fastapi import FastAPI
+from harness import cpu_seconds, free_port, wait_for_port
 from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -112,13 +111,6 @@ APPS = {"a": fastapi_app, "b": starlette_app, "c": micro_app, "d": adopted_app}
 # -- end to end --------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def serve(kind: str, port: int) -> None:
     import uvicorn
 
@@ -131,22 +123,6 @@ def serve(kind: str, port: int) -> None:
         log_level="warning",
         access_log=False,
     )
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_listening(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"server on port {port} did not start")
 
 
 def run_wrk(script: str, port: int, path: str, seconds: int, connections: int) -> tuple[float, int]:
@@ -203,8 +179,8 @@ def end_to_end(rounds: int, seconds: int, connections: int) -> dict[str, dict[st
                 stdout=subprocess.DEVNULL,
             )
             servers[kind] = (process, port)
-        for _, port in servers.values():
-            wait_listening(port)
+        for process, port in servers.values():
+            wait_for_port(port, process)
         for kind, (_, port) in servers.items():  # warm up
             run_wrk(script.name, port, PATHS[kind], 1, connections)
         rates: dict[str, list[float]] = {kind: [] for kind in APPS}

@@ -22,18 +22,16 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from pathlib import Path
 
 import orjson
+from harness import HOST, cpu_seconds, free_port, wait_for_port
 
-HOST = "127.0.0.1"
 BODY = orjson.dumps(
     {
         "name": "Ada Lovelace",
@@ -163,14 +161,6 @@ async def load(send: Send, concurrency: int, seconds: float) -> int:
     return done
 
 
-def cpu_seconds(pid: int | None = None) -> float:
-    if pid is None:
-        times = os.times()
-        return times.user + times.system
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def measure(
     client: Client, port: int, concurrency: int, seconds: float, server_pid: int
 ) -> tuple[float, float, float]:
@@ -182,26 +172,6 @@ async def measure(
         elapsed = time.perf_counter() - start
         cpu, server_cpu = cpu_seconds() - cpu, cpu_seconds(server_pid) - server_cpu
     return count / elapsed, cpu / count * 1e6, server_cpu / count * 1e6
-
-
-def wait_for_port(port: int, server: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError("the server exited")
-        try:
-            with socket.create_connection((HOST, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"the server did not listen on {port}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def run(args: argparse.Namespace, port: int, server_pid: int) -> None:
