@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import importlib
 import os
 import sys
@@ -47,6 +48,11 @@ RegistryOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+class TransportName(enum.StrEnum):
+    http = "http"
+    grpc = "grpc"
 
 
 @app.command()
@@ -123,6 +129,10 @@ def call(
     metadata: Annotated[
         list[str] | None, typer.Option("--metadata", "-m", help="Micro-* metadata as key=value.")
     ] = None,
+    transport: Annotated[
+        TransportName,
+        typer.Option(help="Over HTTP, or over gRPC (to the node's gRPC port, or --address)."),
+    ] = TransportName.http,
     registry: RegistryOption = DEFAULT_URL,
 ) -> None:
     """Call an endpoint and print the reply as JSON."""
@@ -136,7 +146,14 @@ def call(
     async def go(reg: Registry) -> Any:
         client = Client(registry=reg, caller="asgi-micro-cli", timeout=timeout)
         try:
-            return await client.call(service, endpoint, payload, address=address, metadata=extra)
+            return await client.call(
+                service,
+                endpoint,
+                payload,
+                address=address,
+                metadata=extra,
+                transport=transport.value,
+            )
         finally:
             await client.aclose()
 

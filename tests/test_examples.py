@@ -82,6 +82,8 @@ async def test_greeter_quick_start(http: httpx.AsyncClient) -> None:
             call,
             call_direct,
             call_error,
+            call_grpc,
+            call_grpc_error,
             health,
         ) = await asyncio.gather(
             asgi_micro("services"),
@@ -92,6 +94,17 @@ async def test_greeter_quick_start(http: httpx.AsyncClient) -> None:
                 "call", "greeter", "Greeter.Hello", '{"name":"Ada"}', "-m", "greeting=Hi", *direct
             ),
             asgi_micro("call", "greeter", "Greeter.Hello", '{"name":""}', *direct),
+            asgi_micro(
+                "call",
+                "greeter",
+                "Greeter.Hello",
+                '{"name":"Ada"}',
+                "-m",
+                "greeting=Hi",
+                "--transport",
+                "grpc",
+            ),
+            asgi_micro("call", "greeter", "Greeter.Hello", '{"name":""}', "--transport", "grpc"),
             asgi_micro("health", "greeter", env=WIDE),
         )
 
@@ -123,6 +136,12 @@ async def test_greeter_quick_start(http: httpx.AsyncClient) -> None:
     assert set(error) == ERROR_KEYS
     assert (error["id"], error["code"], error["status"]) == ("greeter", 400, "Bad Request")
     assert error["detail"].startswith("name:")
+
+    # The same endpoint over gRPC, found by name, metadata and errors included.
+    assert call_grpc.returncode == 0, call_grpc
+    assert call_grpc.json() == {"message": "Hi Ada"}
+    assert call_grpc_error.returncode == 1, call_grpc_error
+    assert orjson.loads(call_grpc_error.stderr) == error
 
     assert health.returncode == 0, health
     [health_row] = [row for row in _table_rows(health.stdout) if greeter.address in row]
