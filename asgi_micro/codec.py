@@ -13,8 +13,9 @@ import decimal
 import enum
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 import orjson
@@ -30,8 +31,11 @@ __all__ = [
     "codec_for_accept",
     "codec_for_content_type",
     "message_type",
+    "preferred",
     "register_codec",
 ]
+
+T = TypeVar("T")
 
 
 class MessageType:
@@ -185,8 +189,19 @@ def codec_for_accept(header: str, default: Codec = JSON) -> Codec | None:
     nothing offered is supported."""
     if not header.strip():
         return default
+    return preferred(
+        header,
+        lambda media_type: (
+            default if media_type in ("*/*", "application/*") else CODECS.get(media_type)
+        ),
+    )
+
+
+def preferred(header: str, pick: Callable[[str], T | None]) -> T | None:
+    """What ``pick`` gives for the media type an ``Accept`` value prefers (highest ``q``, then
+    first listed) among those ``pick`` knows (lower-cased); ``None`` when it knows none."""
     best: tuple[float, int] | None = None
-    chosen: Codec | None = None
+    chosen: T | None = None
     for position, part in enumerate(header.split(",")):
         media_type, *params = (piece.strip() for piece in part.split(";"))
         quality = 1.0
@@ -199,11 +214,10 @@ def codec_for_accept(header: str, default: Codec = JSON) -> Codec | None:
                     quality = 0.0
         if quality <= 0:
             continue
-        media_type = media_type.lower()
-        codec = default if media_type in ("*/*", "application/*") else CODECS.get(media_type)
-        if codec is None:
+        found = pick(media_type.lower())
+        if found is None:
             continue
         rank = (-quality, position)
         if best is None or rank < best:
-            best, chosen = rank, codec
+            best, chosen = rank, found
     return chosen

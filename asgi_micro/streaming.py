@@ -19,7 +19,7 @@ import orjson
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from .codec import CODECS, JSON, MessageType
+from .codec import CODECS, JSON, MessageType, preferred
 from .context import Context, current_context, request_context, within_deadline
 from .errors import (
     InternalServerError,
@@ -96,25 +96,7 @@ def stream_format(accept: str) -> StreamFormat | None:
     neither is acceptable."""
     if not accept.strip():
         return NDJSON
-    best: tuple[float, int] | None = None
-    chosen = None
-    for position, part in enumerate(accept.split(",")):
-        media_type, *params = (piece.strip() for piece in part.split(";"))
-        quality = 1.0
-        for param in params:
-            key, _, value = param.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
-        found = _STREAM_FORMATS.get(media_type.lower())
-        if found is None or quality <= 0:
-            continue
-        rank = (-quality, position)
-        if best is None or rank < best:
-            best, chosen = rank, found
-    return chosen
+    return preferred(accept, _STREAM_FORMATS.get)
 
 
 class _Replies:

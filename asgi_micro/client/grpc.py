@@ -155,18 +155,10 @@ class GrpcTransport:
         deadline = _deadline(timeout)
         node = await self._connected(address, deadline)
         encode, decode = await self._codec(node, method, type(request), response_model, deadline)
-        payload = _encode(encode, request)
-        node.in_flight += 1
-        try:
-            data = await node.callable("unary_unary", method)(
-                payload, timeout=_left(deadline), metadata=_metadata(metadata)
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise _error(exc, node, service, started=False) from None
-        finally:
-            node.in_flight -= 1
-        node.calls += 1
-        return _decode(decode, data)
+        call = node.callable("unary_unary", method)(
+            _encode(encode, request), timeout=_left(deadline), metadata=_metadata(metadata)
+        )
+        return await _reply(node, call, decode, service)
 
     async def server_stream(
         self,
@@ -206,17 +198,10 @@ class GrpcTransport:
         deadline = _deadline(timeout)
         node = await self._connected(address, deadline)
         encode, decode = await self._codec(node, method, request_model, response_model, deadline)
-        node.in_flight += 1
-        try:
-            data = await node.callable("stream_unary", method)(
-                _encoded(encode, requests), timeout=_left(deadline), metadata=_metadata(metadata)
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise _error(exc, node, service, started=False) from None
-        finally:
-            node.in_flight -= 1
-        node.calls += 1
-        return _decode(decode, data)
+        call = node.callable("stream_unary", method)(
+            _encoded(encode, requests), timeout=_left(deadline), metadata=_metadata(metadata)
+        )
+        return await _reply(node, call, decode, service)
 
     async def bidi_stream(
         self,
@@ -534,6 +519,19 @@ def _encode(encode: Encode, request: Any) -> bytes:
     if request is None:
         return b""  # every field at its default: a valid message of any type
     return encode(request)
+
+
+async def _reply(node: _Node, call: Any, decode: Decode, service: str) -> Any:
+    """The one reply of a unary or client-streaming ``call`` on ``node``, decoded."""
+    node.in_flight += 1
+    try:
+        data = await call
+    except grpc.aio.AioRpcError as exc:
+        raise _error(exc, node, service, started=False) from None
+    finally:
+        node.in_flight -= 1
+    node.calls += 1
+    return _decode(decode, data)
 
 
 def _decode(decode: Decode, data: bytes) -> Any:
