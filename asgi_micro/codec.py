@@ -1,9 +1,7 @@
-"""Codecs, chosen by ``Content-Type`` and ``Accept``: JSON (the default) and msgpack here; the
-protobuf codec plugs into the same table.
+"""Codecs, chosen by ``Content-Type`` and ``Accept``: JSON (the default), msgpack and protobuf.
 
-A ``MessageType`` wraps the Python type of a request or response (a pydantic model, or anything
-pydantic can validate) and keeps pydantic-core's validator and serializer at hand, so JSON is
-validated straight from bytes and serialised straight to bytes.
+``CODECS`` maps media types to codecs; ``register_codec`` adds one. ``MessageType`` and the
+``Codec`` interface are defined in ``asgi_micro.messages`` and exported here too.
 """
 
 from __future__ import annotations
@@ -12,22 +10,27 @@ import datetime as dt
 import decimal
 import enum
 import uuid
-from abc import ABC, abstractmethod
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, TypeVar
 
 import msgpack
 import orjson
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel
+
+from .messages import Codec, MessageType, message_type
+from .protobuf.codec import ProtobufCodec
 
 __all__ = [
     "CODECS",
     "JSON",
+    "MSGPACK",
+    "PROTOBUF",
     "Codec",
     "JSONCodec",
     "MessageType",
     "MsgpackCodec",
+    "ProtobufCodec",
     "codec_for_accept",
     "codec_for_content_type",
     "message_type",
@@ -36,75 +39,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-
-class MessageType:
-    """A request or response type with pydantic-core's fast paths bound once."""
-
-    __slots__ = (
-        "dump_json",
-        "dump_python",
-        "extension",
-        "type",
-        "validate_json",
-        "validate_python",
-    )
-
-    def __init__(self, type_: Any) -> None:
-        from google.protobuf.message import Message
-
-        self.type = type_
-        # Filled by codecs that need more than pydantic knows, e.g. protobuf descriptors.
-        self.extension: dict[str, Any] = {}
-        if isinstance(type_, type) and issubclass(type_, Message):
-            # A generated protobuf class is no pydantic type: json_format stands in for JSON.
-            from .protobuf.codec import bind_generated
-
-            bind_generated(self)
-            return
-        if isinstance(type_, type) and issubclass(type_, BaseModel):
-            validator, serializer = type_.__pydantic_validator__, type_.__pydantic_serializer__
-        else:
-            adapter = TypeAdapter(type_)
-            validator, serializer = adapter.validator, adapter.serializer
-        self.validate_json = validator.validate_json
-        self.validate_python = validator.validate_python
-        self.dump_json = serializer.to_json
-        self.dump_python = serializer.to_python
-
-    def json_schema(self) -> dict[str, Any]:
-        schema = self.extension.get("json_schema")
-        if schema is not None:  # e.g. a generated protobuf class, which pydantic cannot describe
-            return dict(schema)
-        return TypeAdapter(self.type).json_schema()
-
-    def __repr__(self) -> str:
-        return f"MessageType({getattr(self.type, '__name__', self.type)!r})"
-
-
-def message_type(type_: Any) -> MessageType:
-    """The ``MessageType`` of ``type_``, built once."""
-    return _message_type(type_)
-
-
-@lru_cache(maxsize=1024)
-def _message_type(type_: Any) -> MessageType:
-    return MessageType(type_)
-
-
-class Codec(ABC):
-    """Turns messages into bytes and back for one content type."""
-
-    content_type: str
-
-    @abstractmethod
-    def encode(self, value: Any, message_type: MessageType | None = None) -> bytes:
-        """``value`` as bytes; with a ``message_type`` it is serialised by that type."""
-
-    @abstractmethod
-    def decode(self, data: bytes, message_type: MessageType | None = None) -> Any:
-        """Bytes as a value; with a ``message_type`` it is validated into that type and
-        ``pydantic.ValidationError`` says which fields are wrong."""
 
 
 class JSONCodec(Codec):
@@ -157,10 +91,14 @@ def _plain(value: Any) -> Any:
 
 
 JSON = JSONCodec()
+MSGPACK = MsgpackCodec()
+PROTOBUF = ProtobufCodec()
 CODECS: dict[str, Codec] = {
     JSON.content_type: JSON,
-    "application/msgpack": MsgpackCodec(),
-    "application/x-msgpack": MsgpackCodec(),
+    MSGPACK.content_type: MSGPACK,
+    "application/x-msgpack": MSGPACK,
+    PROTOBUF.content_type: PROTOBUF,
+    "application/x-protobuf": PROTOBUF,
 }
 
 

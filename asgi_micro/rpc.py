@@ -22,8 +22,8 @@ from fastapi import Request, params
 from google.protobuf.message import Message as ProtobufMessage
 from pydantic import BaseModel
 
-from .codec import MessageType
 from .context import Context, current_context
+from .messages import MessageType
 from .state import service_of
 
 if TYPE_CHECKING:

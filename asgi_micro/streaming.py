@@ -19,7 +19,7 @@ import orjson
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from .codec import CODECS, JSON, MessageType, preferred
+from .codec import JSON, MSGPACK, PROTOBUF, MessageType, preferred
 from .context import Context, current_context, request_context, within_deadline
 from .errors import (
     InternalServerError,
@@ -247,9 +247,8 @@ async def _conclude(
 
 # -- streams of requests: WebSocket -----------------------------------------------------------
 
-WEBSOCKET_CODECS = {"json": JSON, "msgpack": CODECS["application/msgpack"]}
-"""WebSocket subprotocols and their codecs; ``protobuf`` joins them when ``asgi_micro.protobuf``
-is imported."""
+WEBSOCKET_CODECS = {"json": JSON, "msgpack": MSGPACK, "protobuf": PROTOBUF}
+"""WebSocket subprotocols and their codecs."""
 END_OF_STREAM = ""
 """The text frame that ends a stream of requests."""
 _CLOSE_REASON_MAX = 123
@@ -276,10 +275,8 @@ def websocket_endpoint(rpc: RPC) -> Callable[[WebSocket], Awaitable[None]]:
 
 async def serve_websocket(rpc: RPC, websocket: WebSocket) -> None:
     scope = websocket.scope
-    protobuf = CODECS.get("application/protobuf")
-    codecs = {**WEBSOCKET_CODECS, **({"protobuf": protobuf} if protobuf else {})}
-    subprotocol = next((p for p in scope.get("subprotocols", ()) if p in codecs), None)
-    codec = codecs[subprotocol or "json"]
+    subprotocol = next((p for p in scope.get("subprotocols", ()) if p in WEBSOCKET_CODECS), None)
+    codec = WEBSOCKET_CODECS[subprotocol or "json"]
     await websocket.accept(subprotocol=subprotocol)
     service = service_of(scope)
     error_id = service.name if service else rpc.name

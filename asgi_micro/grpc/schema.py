@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi.routing import iter_route_contexts
 
-from ..codec import MessageType
+from ..messages import MessageType
 from ..protobuf import ProtoMethod, ProtoSchema, ProtoSchemaError, proto_package
 from ..router import rpc_of
 from ..rpc import RPC

@@ -5,10 +5,9 @@ descriptors in a ``DescriptorPool``, for gRPC and server reflection), ``render_p
 as a ``.proto`` file, ``check_compatible`` catches a model change that would renumber fields,
 and ``MessageConverter`` moves values between models and bytes.
 
-Importing this package registers the ``application/protobuf`` codec (the server imports it).
+Its codec, ``application/protobuf``, is in ``asgi_micro.codec``'s table like JSON and msgpack.
 """
 
-from ..codec import register_codec
 from .codec import ProtobufCodec, message_converter
 from .compat import IncompatibleSchema, check_compatible, find_incompatibilities
 from .convert import MessageConverter
@@ -17,7 +16,6 @@ from .schema import ProtoMethod, ProtoSchema, proto_package
 from .spec import ProtoField, ProtoSchemaError
 
 __all__ = [
-    "PROTOBUF",
     "IncompatibleSchema",
     "MessageConverter",
     "ProtoField",
@@ -31,6 +29,3 @@ __all__ = [
     "proto_package",
     "render_proto",
 ]
-
-PROTOBUF = ProtobufCodec()
-register_codec(PROTOBUF, "application/x-protobuf")

@@ -35,7 +35,7 @@ from google.protobuf.message import Message
 from pydantic import BaseModel, RootModel
 from pydantic.errors import PydanticUndefinedAnnotation
 
-from ..codec import MessageType
+from ..messages import MessageType
 from .convert import EMPTY, MessageConverter, generated_converter, model_converters
 from .spec import (
     EXTENSION,

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_tools import protoc
 
-from asgi_micro.grpc.cli import proto
+from asgi_micro.cli.proto import proto
 
 from .conftest import GREETER, Greeter
 

@@ -8,7 +8,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from asgi_micro.grpc.cli import proto
+from asgi_micro.cli.proto import proto
 
 from .conftest import GREETER
 

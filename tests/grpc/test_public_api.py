@@ -11,7 +11,7 @@ from tests.test_public_api import test_all_is_complete_and_sorted as check_all
     "name",
     [
         "asgi_micro.grpc",
-        "asgi_micro.grpc.cli",
+        "asgi_micro.cli.proto",
         "asgi_micro.grpc.handlers",
         "asgi_micro.grpc.schema",
         "asgi_micro.grpc.server",

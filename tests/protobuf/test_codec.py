@@ -9,9 +9,16 @@ import orjson
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from asgi_micro.codec import CODECS, JSON, MessageType, codec_for_accept, codec_for_content_type
+from asgi_micro.codec import (
+    CODECS,
+    JSON,
+    PROTOBUF,
+    MessageType,
+    codec_for_accept,
+    codec_for_content_type,
+)
 from asgi_micro.errors import BadRequest, NotAcceptable, UnsupportedMediaType
-from asgi_micro.protobuf import PROTOBUF, ProtoMethod, ProtoSchema, render_proto
+from asgi_micro.protobuf import ProtoMethod, ProtoSchema, render_proto
 
 from .conftest import Compile
 

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from asgi_micro.store.cli import app
+from asgi_micro.cli.store import app
 
 runner = CliRunner()
 

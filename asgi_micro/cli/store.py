@@ -14,7 +14,6 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
-import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -22,7 +21,8 @@ from rich.text import Text
 
 from ..errors import MicroError
 from ..plugins import MissingDependency
-from . import DEFAULT_DATABASE, DEFAULT_TABLE, DEFAULT_URL, Record, Store, from_url
+from ..store import DEFAULT_DATABASE, DEFAULT_TABLE, DEFAULT_URL, Record, Store, from_url
+from .common import JsonOption, MetadataOption, pairs, print_json
 
 __all__ = ["app"]
 
@@ -50,7 +50,6 @@ IfVersionOption = Annotated[
     int | None,
     typer.Option("--if-version", min=0, help="Only if the record is at this version (0: absent)."),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
 @app.command()
@@ -74,7 +73,7 @@ def read(
         lambda s: s.read(key, prefix=prefix, suffix=suffix, limit=limit, offset=offset),
     )
     if as_json:
-        _print_json([_record_json(record) for record in records])
+        print_json([_record_json(record) for record in records])
         return
     if not records:
         console.print("no records found")
@@ -95,9 +94,7 @@ def write(
     ttl: Annotated[
         float | None, typer.Option("--ttl", help="Seconds until the record expires.")
     ] = None,
-    metadata: Annotated[
-        list[str] | None, typer.Option("--metadata", "-m", help="Metadata as key=value.")
-    ] = None,
+    metadata: MetadataOption = None,
     if_version: IfVersionOption = None,
     store: StoreOption = DEFAULT_URL,
     database: DatabaseOption = DEFAULT_DATABASE,
@@ -106,16 +103,16 @@ def write(
 ) -> None:
     """Store VALUE under KEY."""
     data = sys.stdin.buffer.read() if value == "-" else value.encode()
-    pairs = _pairs(metadata or [])
+    extra = pairs(metadata or [])
     record = _with_store(
         store,
         database,
         table,
         as_json,
-        lambda s: s.write(key, data, ttl=ttl, metadata=pairs, if_version=if_version),
+        lambda s: s.write(key, data, ttl=ttl, metadata=extra, if_version=if_version),
     )
     if as_json:
-        _print_json(_record_json(record))
+        print_json(_record_json(record))
     else:
         console.print(f"wrote {record.key!r} at version {record.version}")
 
@@ -134,7 +131,7 @@ def delete(
         store, database, table, as_json, lambda s: s.delete(key, if_version=if_version)
     )
     if as_json:
-        _print_json({"key": key, "deleted": deleted})
+        print_json({"key": key, "deleted": deleted})
     else:
         console.print(f"deleted {key!r}" if deleted else f"no record {key!r}")
 
@@ -159,7 +156,7 @@ def list_keys(
         lambda s: s.list(prefix=prefix, suffix=suffix, limit=limit, offset=offset),
     )
     if as_json:
-        _print_json(keys)
+        print_json(keys)
     else:
         for key in keys:
             console.print(key, markup=False, highlight=False)
@@ -206,17 +203,3 @@ def _show(value: bytes) -> str:
     except UnicodeDecodeError:
         return f"<{len(value)} bytes>"
     return text if len(text) <= 60 else f"{text[:57]}..."
-
-
-def _pairs(items: list[str]) -> dict[str, str]:
-    pairs = {}
-    for item in items:
-        name, sep, text = item.partition("=")
-        if not sep or not name:
-            raise typer.BadParameter(f"expected key=value, got {item!r}", param_hint="--metadata")
-        pairs[name] = text
-    return pairs
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -12,8 +12,10 @@ from typing import Annotated, Any
 
 import typer
 
+from ..grpc.schema import grpc_schema, service_package
 from ..protobuf import IncompatibleSchema, ProtoSchemaError, check_compatible, render_proto
-from .schema import grpc_schema, service_package
+from ..service import Service
+from .apps import import_app, locate_app
 
 __all__ = ["proto"]
 
@@ -37,8 +39,6 @@ def proto(
     ] = None,
 ) -> None:
     """Print the .proto of APP's RPC endpoints: what gRPC serves, to generate clients from."""
-    from ..cli import import_app, locate_app
-
     app = import_app(target)
     if package is None:
         module = sys.modules.get(locate_app(target)[0].partition(":")[0])
@@ -76,8 +76,6 @@ def proto(
 def _service_of(app: Any, module: Any) -> Any:
     """The ``Service`` of an app: the one its ``MicroMiddleware`` got, else the only one its
     module defines (``FastAPI(lifespan=service.lifespan)``)."""
-    from ..service import Service
-
     for middleware in getattr(app, "user_middleware", ()):
         service = middleware.kwargs.get("service")
         if isinstance(service, Service):

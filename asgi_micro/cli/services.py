@@ -1,53 +1,36 @@
-"""The ``asgi-micro`` command: run a service, look at the registry, call endpoints."""
+"""``asgi-micro services|describe|call|health``: the registry and the nodes in it, from a shell."""
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import importlib
-import os
-import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
-from rich.console import Console
 from rich.table import Column, Table
 from rich.text import Text
 
-from .client import Client
-from .client.http import HTTPTransport
-from .errors import MicroError
-from .grpc.cli import proto
-from .registry import DEFAULT_URL, Registry, from_url
-from .registry import Service as ServiceRecord
-from .store.cli import app as store_app
+from ..client import Client
+from ..client.http import HTTPTransport
+from ..errors import MicroError
+from ..registry import Registry, from_url
+from ..registry import Service as ServiceRecord
+from .common import (
+    DEFAULT_URL,
+    JsonOption,
+    MetadataOption,
+    RegistryOption,
+    console,
+    errors,
+    pairs,
+    print_json,
+)
 
-__all__ = ["app", "main"]
+__all__ = ["call", "describe", "health", "services"]
 
 T = TypeVar("T")
-
-app = typer.Typer(
-    name="asgi-micro",
-    help="Run micro services and talk to them by name.",
-    no_args_is_help=True,
-    add_completion=False,
-)
-# What these print is data (names, metadata, schemas such as "map[string]string"): never markup.
-console = Console(markup=False)
-errors = Console(stderr=True, markup=False)
-
-RegistryOption = Annotated[
-    str,
-    typer.Option(
-        "--registry",
-        envvar="MICRO_REGISTRY",
-        help="Registry URL, e.g. mdns:// (loopback), mdns://0.0.0.0 (every interface), memory://.",
-    ),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
 class TransportName(enum.StrEnum):
@@ -55,42 +38,11 @@ class TransportName(enum.StrEnum):
     grpc = "grpc"
 
 
-@app.command()
-def run(
-    target: Annotated[
-        str, typer.Argument(metavar="APP", help="module:attr, or a file path (attr 'app').")
-    ],
-    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
-    reload: Annotated[bool, typer.Option(help="Restart when code changes (development).")] = False,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
-) -> None:
-    """Serve APP with uvicorn (uvloop, httptools); the service registers itself."""
-    import uvicorn
-
-    import_string, app_dir = locate_app(target)
-    if port:
-        # Tell the service what it serves on, so it registers before the first request.
-        os.environ.setdefault("MICRO_ADDRESS", f"{host}:{port}")
-    uvicorn.run(
-        import_string,
-        host=host,
-        port=port,
-        reload=reload,
-        app_dir=app_dir,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        log_level=log_level,
-    )
-
-
-@app.command()
 def services(registry: RegistryOption = DEFAULT_URL, as_json: JsonOption = False) -> None:
     """List the services in the registry."""
     found = _with_registry(registry, lambda r: r.list_services())
     if as_json:
-        _print_json([service.to_dict() for service in found])
+        print_json([service.to_dict() for service in found])
         return
     table = Table("service", "version", "nodes", "addresses")
     for service in sorted(found, key=lambda s: (s.name, s.version)):
@@ -99,7 +51,6 @@ def services(registry: RegistryOption = DEFAULT_URL, as_json: JsonOption = False
     console.print(table if found else "no services found")
 
 
-@app.command()
 def describe(
     name: Annotated[str, typer.Argument(help="Service name.")],
     registry: RegistryOption = DEFAULT_URL,
@@ -111,13 +62,12 @@ def describe(
         errors.print(f"service {name!r} not found")
         raise typer.Exit(1)
     if as_json:
-        _print_json([service.to_dict() for service in found])
+        print_json([service.to_dict() for service in found])
         return
     for service in found:
         _print_service(service)
 
 
-@app.command()
 def call(
     service: Annotated[str, typer.Argument(help="Service name.")],
     endpoint: Annotated[str, typer.Argument(help="Endpoint, e.g. Greeter.Hello.")],
@@ -126,9 +76,7 @@ def call(
         str | None, typer.Option(help="Call this host:port, skip the registry.")
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds.")] = 5.0,
-    metadata: Annotated[
-        list[str] | None, typer.Option("--metadata", "-m", help="Micro-* metadata as key=value.")
-    ] = None,
+    metadata: MetadataOption = None,
     transport: Annotated[
         TransportName,
         typer.Option(help="Over HTTP, or over gRPC (to the node's gRPC port, or --address)."),
@@ -141,7 +89,7 @@ def call(
     except orjson.JSONDecodeError as exc:
         errors.print(f"the request is not valid JSON: {exc}")
         raise typer.Exit(2) from None
-    extra = _pairs(metadata or [])
+    extra = pairs(metadata or [])
 
     async def go(reg: Registry) -> Any:
         client = Client(registry=reg, caller="asgi-micro-cli", timeout=timeout)
@@ -157,10 +105,9 @@ def call(
         finally:
             await client.aclose()
 
-    _print_json(_with_registry(registry, go))
+    print_json(_with_registry(registry, go))
 
 
-@app.command()
 def health(
     name: Annotated[str, typer.Argument(help="Service name.")],
     registry: RegistryOption = DEFAULT_URL,
@@ -181,7 +128,7 @@ def health(
 
     rows = _with_registry(registry, go)
     if as_json:
-        _print_json(rows)
+        print_json(rows)
     elif rows:
         table = Table(_node_column(), "address", "version", "status")
         for row in rows:
@@ -207,51 +154,6 @@ async def _health(
     except (MicroError, orjson.JSONDecodeError, ValueError) as exc:
         row["status"] = f"unreachable ({type(exc).__name__})"
     return row
-
-
-def locate_app(target: str) -> tuple[str, str]:
-    """``(import string, directory to import from)`` for ``module:attr`` or a file path.
-
-    A file inside packages (directories with ``__init__.py``) is imported by its dotted path
-    from the first directory above them, so its own absolute imports work.
-    """
-    path_part, _, attr = target.partition(":")
-    path = Path(path_part)
-    if path.suffix == ".py" or path.exists():
-        if path.is_dir():
-            raise typer.BadParameter(
-                f"{path_part} is a directory; name the .py file that holds the app",
-                param_hint="APP",
-            )
-        if not path.is_file():
-            raise typer.BadParameter(f"no such file: {path_part}", param_hint="APP")
-        path = path.resolve()
-        parts = [path.stem]
-        root = path.parent
-        while (root / "__init__.py").exists():
-            parts.insert(0, root.name)
-            root = root.parent
-        return f"{'.'.join(parts)}:{attr or 'app'}", str(root)
-    if not attr:
-        raise typer.BadParameter("expected module:attr or a path to a .py file", param_hint="APP")
-    return target, "."
-
-
-def import_app(target: str) -> Any:
-    """The object ``target`` names (see ``locate_app``)."""
-    import_string, app_dir = locate_app(target)
-    module_name, _, attr = import_string.partition(":")
-    sys.path.insert(0, app_dir)
-    try:
-        module = importlib.import_module(module_name)
-    finally:
-        sys.path.remove(app_dir)
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise typer.BadParameter(
-            f"{module_name} has no attribute {attr!r}", param_hint="APP"
-        ) from None
 
 
 def _with_registry(url: str, action: Callable[[Registry], Awaitable[T]]) -> T:
@@ -333,25 +235,3 @@ def _type_name(spec: dict[str, Any]) -> str:
 
 def _compact(mapping: dict[str, str]) -> str:
     return ", ".join(f"{key}={value}" for key, value in sorted(mapping.items()))
-
-
-def _pairs(items: list[str]) -> dict[str, str]:
-    pairs = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"expected key=value, got {item!r}", param_hint="--metadata")
-        pairs[key] = value
-    return pairs
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
-
-
-app.add_typer(store_app, name="store", help="Read and write the store.")
-app.command()(proto)
-
-
-def main() -> None:
-    app()

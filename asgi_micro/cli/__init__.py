@@ -1,0 +1,28 @@
+"""The ``asgi-micro`` command: run a service, look at the registry, call endpoints, read the
+store, print the ``.proto``."""
+
+from __future__ import annotations
+
+import typer
+
+from .apps import import_app, locate_app
+from .proto import proto
+from .run import run
+from .services import call, describe, health, services
+from .store import app as store_app
+
+__all__ = ["app", "import_app", "locate_app", "main"]
+
+app = typer.Typer(
+    name="asgi-micro",
+    help="Run micro services and talk to them by name.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+for command in (run, services, describe, call, health, proto):
+    app.command()(command)
+app.add_typer(store_app, name="store", help="Read and write the store.")
+
+
+def main() -> None:
+    app()

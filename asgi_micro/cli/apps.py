@@ -1,0 +1,57 @@
+"""Finding the app a command serves or describes: ``module:attr`` or a path to a file."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+__all__ = ["import_app", "locate_app"]
+
+
+def locate_app(target: str) -> tuple[str, str]:
+    """``(import string, directory to import from)`` for ``module:attr`` or a file path.
+
+    A file inside packages (directories with ``__init__.py``) is imported by its dotted path
+    from the first directory above them, so its own absolute imports work.
+    """
+    path_part, _, attr = target.partition(":")
+    path = Path(path_part)
+    if path.suffix == ".py" or path.exists():
+        if path.is_dir():
+            raise typer.BadParameter(
+                f"{path_part} is a directory; name the .py file that holds the app",
+                param_hint="APP",
+            )
+        if not path.is_file():
+            raise typer.BadParameter(f"no such file: {path_part}", param_hint="APP")
+        path = path.resolve()
+        parts = [path.stem]
+        root = path.parent
+        while (root / "__init__.py").exists():
+            parts.insert(0, root.name)
+            root = root.parent
+        return f"{'.'.join(parts)}:{attr or 'app'}", str(root)
+    if not attr:
+        raise typer.BadParameter("expected module:attr or a path to a .py file", param_hint="APP")
+    return target, "."
+
+
+def import_app(target: str) -> Any:
+    """The object ``target`` names (see ``locate_app``)."""
+    import_string, app_dir = locate_app(target)
+    module_name, _, attr = import_string.partition(":")
+    sys.path.insert(0, app_dir)
+    try:
+        module = importlib.import_module(module_name)
+    finally:
+        sys.path.remove(app_dir)
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise typer.BadParameter(
+            f"{module_name} has no attribute {attr!r}", param_hint="APP"
+        ) from None
