@@ -1,52 +1,57 @@
 """What travels with a call: ``Micro-*`` metadata, the deadline and the W3C trace context.
 
-A server reads these from the request (HTTP headers or gRPC metadata) into a ``Context`` that
-lives in a context variable for the duration of the handler; an onward call made inside the
-handler sends the same metadata, the trace parent and whatever time is left.
+A server reads these from the request, HTTP headers or gRPC metadata alike (one reader,
+``read_headers`` and ``read_metadata``), into a ``Context`` that is current for the duration of
+the call; a call made inside the handler sends the trace parent, whatever time is left and the
+metadata the service's propagation allow-list names.
 
-On the wire: ``Micro-<Key>: value`` headers carry metadata (keys are case-insensitive and kept
-lower-case without the prefix), ``Micro-Timeout`` carries the remaining time in milliseconds
-and ``traceparent``/``tracestate`` are passed through unchanged.
+On the wire: ``Micro-<Key>: value`` headers (gRPC metadata ``micro-<key>``) carry metadata,
+whose keys are case-insensitive and kept lower-case without the prefix; ``Micro-Timeout``
+carries the time left in milliseconds over HTTP (gRPC has its own ``grpc-timeout``);
+``traceparent`` and ``tracestate`` are passed through unchanged.
+
+Propagation is explicit. An onward call carries the trace and the deadline always, metadata
+only under the keys its client's allow-list names (``Service(propagate=["tenant"])``, or
+``"*"`` for every key), and never the keys that say who is calling (``IDENTITY_KEYS``): each
+hop names itself, so an incoming header cannot set the caller's identity on the next one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Collection, Iterable, Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, AnyStr, Generic, TypeVar
 
-from .errors import Timeout
+from .errors import BadRequest, Timeout
 
-__all__ = ["TIMEOUT_HEADER", "Context", "current_context", "request_context", "within_deadline"]
+__all__ = [
+    "IDENTITY_KEYS",
+    "PROPAGATE_ALL",
+    "TIMEOUT_HEADER",
+    "Context",
+    "current_context",
+    "read_headers",
+    "read_metadata",
+    "within_deadline",
+]
 
 T = TypeVar("T")
 
 TIMEOUT_HEADER = "micro-timeout"
-_PREFIX = b"micro-"
-_PREFIX_LEN = len(_PREFIX)
-_TIMEOUT_KEY = TIMEOUT_HEADER[_PREFIX_LEN:]
-_TRACE_HEADERS = frozenset((b"traceparent", b"tracestate"))
-_FIRST_BYTES = frozenset((b"m", b"t"))
+IDENTITY_KEYS = frozenset({"from-service"})
+"""Metadata that names the caller: set by each hop's own client, never propagated."""
+PROPAGATE_ALL = "*"
+"""In a propagation allow-list: every metadata key but the ``IDENTITY_KEYS``."""
 
 _current: ContextVar[Context | None] = ContextVar("asgi_micro_context", default=None)
 
 
 def current_context() -> Context | None:
-    """The context of the request being handled, if any."""
+    """The context of the call being handled, if any."""
     return _current.get()
-
-
-def request_context(headers: Iterable[tuple[bytes, bytes]]) -> tuple[Context, bool]:
-    """The context a request runs in: the one in force (``MicroMiddleware`` set it, and
-    enforces its deadline), else one read from ``headers``; and whether it is that new one,
-    whose deadline the caller must enforce."""
-    context = _current.get()
-    if context is not None:
-        return context, False
-    return Context.from_headers(headers), True
 
 
 @dataclass(slots=True)
@@ -59,39 +64,13 @@ class Context:
 
     @classmethod
     def from_headers(cls, headers: Iterable[tuple[bytes, bytes]]) -> Context:
-        """Read ASGI headers (lower-case names); a malformed ``Micro-Timeout`` is ignored."""
-        return cls.carried_by(headers) or cls()
-
-    @classmethod
-    def carried_by(cls, headers: Iterable[tuple[bytes, bytes]]) -> Context | None:
-        """The context the headers carry, or ``None`` when they carry none (the common case,
-        which costs one pass over the names and no allocation)."""
-        context = None
-        for name, value in headers:
-            first = name[:1]
-            if first not in _FIRST_BYTES:
-                continue  # most headers: one comparison each
-            if name.startswith(_PREFIX):
-                if context is None:
-                    context = cls()
-                key = name[_PREFIX_LEN:].decode("latin-1")
-                if key == _TIMEOUT_KEY:
-                    context.deadline = _deadline_from_millis(value.decode("latin-1"))
-                else:
-                    context.metadata[key] = value.decode("latin-1")
-            elif name in _TRACE_HEADERS:
-                if context is None:
-                    context = cls()
-                context.trace[name.decode("latin-1")] = value.decode("latin-1")
-        return context
+        """The context ASGI headers carry (an empty one when they carry none)."""
+        return read_headers(headers) or cls()
 
     @classmethod
     def from_mapping(cls, headers: Mapping[str, str]) -> Context:
-        """Read a mapping such as gRPC metadata or ``httpx.Headers``."""
-        return cls.from_headers(
-            (name.lower().encode("latin-1"), value.encode("latin-1"))
-            for name, value in headers.items()
-        )
+        """The context a mapping of names to values carries (``httpx.Headers``, a dict)."""
+        return read_metadata((name.lower(), value) for name, value in headers.items()) or cls()
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline (may be negative), or ``None`` without one."""
@@ -103,16 +82,33 @@ class Context:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
     def onward(
-        self, *, timeout: float | None = None, metadata: Mapping[str, str] | None = None
+        self,
+        *,
+        timeout: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+        propagate: Collection[str] = (),
     ) -> Context:
-        """The context for a call made from this one: same trace, merged metadata, and the
-        earlier of this deadline and ``timeout`` from now."""
+        """The context of a call made from this one: the same trace; the earlier of this
+        deadline and ``timeout`` from now; of this call's metadata the keys ``propagate``
+        names (``PROPAGATE_ALL`` for all), identity keys never; then ``metadata``."""
         deadline = self.deadline
         if timeout is not None:
             own = time.monotonic() + timeout
             deadline = own if deadline is None else min(deadline, own)
-        merged = self.metadata if not metadata else {**self.metadata, **_normalise(metadata)}
-        return Context(dict(merged), deadline, dict(self.trace))
+        incoming = self.metadata
+        if not propagate or not incoming:
+            kept: dict[str, str] = {}
+        elif PROPAGATE_ALL in propagate:
+            kept = {key: value for key, value in incoming.items() if key not in IDENTITY_KEYS}
+        else:
+            kept = {
+                key: incoming[key]
+                for key in propagate
+                if key in incoming and key not in IDENTITY_KEYS
+            }
+        if metadata:
+            kept.update(_normalise(metadata))
+        return Context(kept, deadline, dict(self.trace))
 
     def headers(self) -> list[tuple[str, str]]:
         """Headers for an outgoing HTTP call (names lower-case, as for gRPC metadata)."""
@@ -130,6 +126,104 @@ class Context:
     @staticmethod
     def reset(token: Token[Context | None]) -> None:
         _current.reset(token)
+
+
+# -- the one reader -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Wire(Generic[AnyStr]):
+    """How one protocol spells the names the reader looks for: bytes for ASGI headers, text
+    for gRPC metadata."""
+
+    prefix: AnyStr
+    trace: frozenset[AnyStr]
+    first: frozenset[AnyStr]  # first characters of every name wanted: most names stop there
+    timeout: AnyStr  # the key, after the prefix, of the deadline in milliseconds
+    deadline: bool  # whether that key carries the deadline (else the protocol's own does)
+    binary_suffix: AnyStr | None  # keys whose values are bytes, not text
+
+
+_HTTP = _Wire(
+    prefix=b"micro-",
+    trace=frozenset((b"traceparent", b"tracestate")),
+    first=frozenset((b"m", b"t")),
+    timeout=b"timeout",
+    deadline=True,
+    binary_suffix=None,
+)
+_GRPC = _Wire(
+    prefix="micro-",
+    trace=frozenset(("traceparent", "tracestate")),
+    first=frozenset("mt"),
+    timeout="timeout",
+    deadline=False,  # grpc-timeout carries it
+    binary_suffix="-bin",
+)
+
+
+def read_headers(headers: Iterable[tuple[bytes, bytes]]) -> Context | None:
+    """The context ASGI headers (lower-case names) carry, or ``None`` when they carry none,
+    which costs one pass over the names and no allocation. A malformed ``Micro-Timeout`` is
+    a ``BadRequest``."""
+    return _read(headers, _HTTP)
+
+
+def read_metadata(metadata: Iterable[tuple[str, str | bytes]]) -> Context | None:
+    """The context gRPC metadata (lower-case keys) carries, or ``None`` when it carries none;
+    the deadline comes from the call itself."""
+    return _read(metadata, _GRPC)
+
+
+def _read(pairs: Iterable[tuple[Any, Any]], wire: _Wire[Any]) -> Context | None:
+    context = None
+    prefix, cut, first = wire.prefix, len(wire.prefix), wire.first
+    for name, value in pairs:
+        if name[:1] not in first:
+            continue
+        if name.startswith(prefix):
+            if context is None:
+                context = Context()
+            key = name[cut:]
+            if key == wire.timeout:
+                if wire.deadline:
+                    context.deadline = _deadline(_text(value))
+            elif wire.binary_suffix is None or not key.endswith(wire.binary_suffix):
+                context.metadata[_text(key)] = _text(value)
+        elif name in wire.trace:
+            if context is None:
+                context = Context()
+            context.trace[_text(name)] = _text(value)
+    return context
+
+
+def _text(value: str | bytes) -> str:
+    return value if isinstance(value, str) else value.decode("latin-1")
+
+
+def _deadline(millis_text: str) -> float:
+    try:
+        millis = float(millis_text)
+    except ValueError:
+        millis = -1.0
+    if not millis >= 0 or millis == float("inf"):  # negative, NaN or infinite
+        raise BadRequest(
+            f"Micro-Timeout is the time left in milliseconds, >= 0; got {millis_text!r}"
+        )
+    return time.monotonic() + millis / 1000
+
+
+def _normalise(metadata: Mapping[str, str]) -> dict[str, str]:
+    out = {}
+    for key, value in metadata.items():
+        key = key.lower()
+        if key.startswith("micro-"):
+            key = key[6:]
+        out[key] = str(value)
+    return out
+
+
+# -- deadlines ----------------------------------------------------------------------------
 
 
 async def within_deadline(context: Context, awaitable: Awaitable[T]) -> T:
@@ -154,23 +248,3 @@ async def within_deadline(context: Context, awaitable: Awaitable[T]) -> T:
             raise
     finally:
         Context.reset(token)
-
-
-def _deadline_from_millis(value: str) -> float | None:
-    try:
-        millis = float(value)
-    except ValueError:
-        return None
-    if millis != millis or millis < 0:  # NaN or negative
-        return None
-    return time.monotonic() + millis / 1000
-
-
-def _normalise(metadata: Mapping[str, str]) -> dict[str, str]:
-    out = {}
-    for key, value in metadata.items():
-        key = key.lower()
-        if key.startswith("micro-"):
-            key = key[_PREFIX_LEN:]
-        out[key] = str(value)
-    return out

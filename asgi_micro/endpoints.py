@@ -14,12 +14,27 @@ from .registry import Endpoint
 from .router import ENDPOINT_EXTENSION, rpc_of
 from .rpc import RPC
 
-__all__ = ["INTERNAL_PREFIX", "endpoints_of"]
+__all__ = ["IDEMPOTENT_METHODS", "INTERNAL_PREFIX", "endpoints_of", "route_endpoint"]
 
-logger = logging.getLogger("asgi_micro")
+logger = logging.getLogger(__name__)
 
 INTERNAL_PREFIX = "/_micro"
-_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+"""HTTP methods whose requests may be sent twice with the effect of once (RFC 9110)."""
+
+
+def route_endpoint(
+    method: str, path: str, *, named: str | None = None, methods: Iterable[str] = ()
+) -> str:
+    """The endpoint name of a plain route at ``path`` for a request with ``method``, as the
+    registry lists it: ``named`` (what a ``MicroRouter`` calls it), else ``"<METHOD> <path>"``
+    where ``HEAD`` of a ``GET`` route is that ``GET``, and a WebSocket route is
+    ``WEBSOCKET <path>``."""
+    if named:
+        return named
+    if method == "HEAD" and "GET" in methods:
+        method = "GET"
+    return f"{method} {path}"
 
 
 def endpoints_of(app: Any, *, grpc: Mapping[str, str] | None = None) -> list[Endpoint]:
@@ -75,7 +90,7 @@ def _fastapi_endpoints(app: FastAPI, grpc: Mapping[str, str]) -> list[Endpoint]:
             continue
         for method in sorted(context.methods or ()):
             operation = paths.get(path, {}).get(method.lower(), {})
-            name = operation.get(ENDPOINT_EXTENSION) or f"{method} {path}"
+            name = route_endpoint(method, path, named=operation.get(ENDPOINT_EXTENSION))
             endpoints.append(
                 Endpoint(
                     name=name,
@@ -100,12 +115,17 @@ def _starlette_endpoints(routes: Iterable[BaseRoute], prefix: str) -> list[Endpo
                 if method == "HEAD" and "GET" in (route.methods or ()):
                     continue
                 endpoints.append(
-                    Endpoint(name=f"{method} {path}", metadata=_http_metadata(method, path))
+                    Endpoint(
+                        name=route_endpoint(method, path), metadata=_http_metadata(method, path)
+                    )
                 )
         elif isinstance(route, WebSocketRoute):
             path = prefix + route.path_format
             endpoints.append(
-                Endpoint(name=f"WEBSOCKET {path}", metadata={"kind": "websocket", "path": path})
+                Endpoint(
+                    name=route_endpoint("WEBSOCKET", path),
+                    metadata={"kind": "websocket", "path": path},
+                )
             )
     return endpoints
 
@@ -117,7 +137,7 @@ def _http_metadata(
         "kind": "http",
         "method": method,
         "path": path,
-        "idempotent": "true" if method in _IDEMPOTENT_METHODS else "false",
+        "idempotent": "true" if method in IDEMPOTENT_METHODS else "false",
     }
     if parameters:
         metadata["parameters"] = ",".join(f"{p.get('in')}:{p.get('name')}" for p in parameters)

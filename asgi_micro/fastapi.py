@@ -13,34 +13,36 @@ from . import client as client_module
 from . import context as context_module
 from . import service as service_module
 from . import store as store_module
+from .pipeline import Host
 from .rpc import micro_dependency
-from .state import require_service
 
-__all__ = ["Client", "Context", "CurrentService", "Store"]
+__all__ = ["Client", "Context", "CurrentService", "Store", "require_service"]
 
 
-def _context(
-    service: service_module.Service | None, context: context_module.Context
-) -> context_module.Context:
+def require_service(host: Host | None) -> service_module.Service:
+    """The running ``Service``, or a clear error saying how to run the app with one."""
+    if isinstance(host, service_module.Service):
+        return host
+    raise RuntimeError(
+        "no running Service for this dependency; serve the app with "
+        "FastAPI(lifespan=service.lifespan) or app.add_middleware(MicroMiddleware, service=...)"
+    )
+
+
+def _context(host: Host | None, context: context_module.Context) -> context_module.Context:
     return context
 
 
-def _service(
-    service: service_module.Service | None, context: context_module.Context
-) -> service_module.Service:
-    return require_service(service)
+def _service(host: Host | None, context: context_module.Context) -> service_module.Service:
+    return require_service(host)
 
 
-def _client(
-    service: service_module.Service | None, context: context_module.Context
-) -> client_module.Client:
-    return require_service(service).client
+def _client(host: Host | None, context: context_module.Context) -> client_module.Client:
+    return require_service(host).client
 
 
-def _store(
-    service: service_module.Service | None, context: context_module.Context
-) -> store_module.Store:
-    return require_service(service).store
+def _store(host: Host | None, context: context_module.Context) -> store_module.Store:
+    return require_service(host).store
 
 
 Store = Annotated[store_module.Store, Depends(micro_dependency(_store))]

@@ -2,23 +2,45 @@
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
+import psutil
 
 from .errors import MethodNotAllowed, NotFound
+from .pipeline import Host
 from .registry.mdns import REGISTRY_PATH
 from .responses import send_error, send_response
-from .types import Scope, Send
+from .types import ASGIApp, Scope, Send
 
 if TYPE_CHECKING:
-    from .service import Service
+    from .registry import Service as ServiceRecord
 
-__all__ = ["serve_internal"]
+__all__ = ["Introspectable", "serve_internal"]
 
 
-def _health(service: Service) -> tuple[int, dict[str, Any]]:
+class Introspectable(Host, Protocol):
+    """What the internal routes show of a service."""
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def app(self) -> ASGIApp | None: ...
+
+    def record(self) -> ServiceRecord: ...
+
+
+def _health(service: Introspectable) -> tuple[int, dict[str, Any]]:
     status = service.status
     return (200 if status == "serving" else 503), {
         "status": status,
@@ -28,22 +50,35 @@ def _health(service: Service) -> tuple[int, dict[str, Any]]:
     }
 
 
-def _stats(service: Service) -> tuple[int, dict[str, Any]]:
-    return 200, service.stats.snapshot(service)
+def _stats(service: Introspectable) -> tuple[int, dict[str, Any]]:
+    stats = service.pipeline.stats
+    process = _process()
+    return 200, {
+        "service": service.name,
+        "version": service.version,
+        "node": service.id,
+        "started": stats.started_at,
+        "uptime": round(time.time() - stats.started_at, 3) if stats.started_at else 0.0,
+        "requests": stats.requests,
+        "errors": stats.errors,
+        "in_flight": stats.in_flight,
+        "memory": process.memory_info().rss,
+        "threads": process.num_threads(),
+    }
 
 
-def _registry(service: Service) -> tuple[int, dict[str, Any]]:
+def _registry(service: Introspectable) -> tuple[int, dict[str, Any]]:
     return 200, service.record().to_dict()
 
 
-_ROUTES: dict[str, Callable[[Service], tuple[int, dict[str, Any]]]] = {
+_ROUTES: dict[str, Callable[[Introspectable], tuple[int, dict[str, Any]]]] = {
     "/_micro/health": _health,
     "/_micro/stats": _stats,
     REGISTRY_PATH: _registry,
 }
 
 
-async def serve_internal(service: Service, scope: Scope, send: Send) -> None:
+async def serve_internal(service: Introspectable, scope: Scope, send: Send) -> None:
     route = _ROUTES.get(scope["path"].rstrip("/"))
     if route is None:
         await send_error(send, NotFound(f"no internal route {scope['path']}", id=service.name))
@@ -53,5 +88,10 @@ async def serve_internal(service: Service, scope: Scope, send: Send) -> None:
         return
     status, payload = route(service)
     # A draining node closes connections so that callers reconnect to another node.
-    headers = [(b"connection", b"close")] if service.draining else []
+    headers = [(b"connection", b"close")] if service.pipeline.draining else []
     await send_response(send, status, orjson.dumps(payload), headers=headers)
+
+
+@functools.cache
+def _process() -> psutil.Process:
+    return psutil.Process()

@@ -3,43 +3,56 @@
     app.add_middleware(MicroMiddleware, service=Service("inventory"))
 
 It starts and stops the service inside the app's lifespan, serves ``/_micro/`` (health, stats,
-registry record), puts each request's ``Micro-*`` metadata and deadline into the context that
-onward calls reuse, and gives every error response Go Micro's shape. It is pure ASGI: a request
-it has nothing to do for costs a header scan and a context switch, not a Starlette object.
+registry record), and is where HTTP requests and WebSocket sessions enter the service's call
+pipeline: each is counted in flight (a drain waits for it), its ``Micro-*`` metadata and
+deadline become the context that onward calls reuse, and every error response gets Go Micro's
+shape. The wrappers run where the route is known: in the RPC entry points, and for plain routes
+in ``asgi_micro.routes``. It is pure ASGI: a request costs a header scan and a send wrapper,
+not a Starlette object.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
 
-from .context import Context, within_deadline
+from .context import read_headers, within_deadline
 from .endpoints import INTERNAL_PREFIX
-from .errors import InternalServerError, MicroError, error_for_status
-from .internal import serve_internal
+from .errors import BadRequest, InternalServerError, MicroError, error_for_status
+from .internal import Introspectable, serve_internal
 from .responses import send_error, validation_detail
 from .router import MicroRoute
-from .state import STATE_KEY
+from .state import expose
 from .types import ASGIApp, Message, Receive, Scope, Send
 
-if TYPE_CHECKING:
-    from .service import Service
+__all__ = ["MicroMiddleware", "Served"]
 
-__all__ = ["MicroMiddleware"]
-
-logger = logging.getLogger("asgi_micro")
+logger = logging.getLogger(__name__)
 
 _INTERNAL = INTERNAL_PREFIX + "/"
 _SHAPED_TYPES = (b"application/json", b"text/plain")
 _MAX_SHAPED_BODY = 64 * 1024
 
 
+class Served(Introspectable, Protocol):
+    """What the middleware needs of the service it runs: the lifecycle around the app's."""
+
+    def attach(self, app: ASGIApp) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def drain_on_exit_signals(self) -> None: ...
+
+
 class MicroMiddleware:
-    def __init__(self, app: ASGIApp, *, service: Service) -> None:
+    def __init__(self, app: ASGIApp, *, service: Served) -> None:
         self.app = app
         self.service = service
         self._shortcuts: dict[str, MicroRoute] | None = None
@@ -48,30 +61,16 @@ class MicroMiddleware:
         scope_type = scope["type"]
         if scope_type == "http":
             await self._http(scope, receive, send)
+        elif scope_type == "websocket":
+            await self._websocket(scope, receive, send)
         elif scope_type == "lifespan":
             await self._lifespan(scope, receive, send)
         else:
-            self._expose_service(scope)
-            context = Context.carried_by(scope["headers"])
-            if context is None:
-                await self.app(scope, receive, send)
-            else:
-                await within_deadline(context, self.app(scope, receive, send))
-
-    def _expose_service(self, scope: Scope) -> None:
-        state = scope.get("state")
-        if state is None:
-            scope["state"] = {STATE_KEY: self.service}
-        elif STATE_KEY not in state:
-            state[STATE_KEY] = self.service
+            await self.app(scope, receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         service = self.service
-        state = scope.get("state")
-        if state is None:
-            scope["state"] = {STATE_KEY: service}
-        elif STATE_KEY not in state:
-            state[STATE_KEY] = service
+        expose(scope, service)
         path = scope["path"]
         if path.startswith(_INTERNAL):
             await serve_internal(service, scope, send)
@@ -82,9 +81,8 @@ class MicroMiddleware:
             route = shortcuts.get(path)
             if route is not None and scope["method"] == "POST" and route.fast_allowed(scope):
                 handler = route.serve_fast
-        stats = service.stats
-        stats.requests += 1
-        stats.in_flight += 1
+        pipeline = service.pipeline
+        pipeline.begin()
         status = 0
         held: list[Message] | None = None
 
@@ -93,7 +91,7 @@ class MicroMiddleware:
             if held is None:
                 if message["type"] == "http.response.start":
                     status = message["status"]
-                    if service.draining:
+                    if pipeline.draining:
                         # Callers then open a new connection, which finds another node.
                         message["headers"] = [
                             *message.get("headers", ()),
@@ -109,25 +107,48 @@ class MicroMiddleware:
                 for shaped in _shape_error(held, service.name):
                     await send(shaped)
 
-        context = Context.carried_by(scope["headers"])
         try:
+            context = read_headers(scope["headers"])
             if context is None:
                 await handler(scope, receive, send_shaped)
             else:
                 await within_deadline(context, handler(scope, receive, send_shaped))
-        except MicroError as exc:  # the deadline passed
-            await self._fail(exc, status, send)
-            status = status or exc.code
+        except MicroError as exc:  # a bad Micro-Timeout, the deadline, a wrapper's refusal
+            if not status:
+                exc.id = exc.id or service.name
+                await send_error(send, exc)
+                status = exc.code
         except Exception:
             logger.exception("unhandled error in %s %s", scope["method"], path)
-            await self._fail(InternalServerError(), status, send)
-            status = status or 500
+            if not status:
+                await send_error(send, InternalServerError(id=service.name))
+            status = 500
         finally:
-            stats.in_flight -= 1
-            if status >= 500:
-                stats.errors += 1
-            if service.draining:
-                service.request_finished()
+            pipeline.end(failed=status >= 500)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        service = self.service
+        expose(scope, service)
+        pipeline = service.pipeline
+        pipeline.begin()
+        failed = False
+        try:
+            context = read_headers(scope["headers"])
+            if context is None:
+                await self.app(scope, receive, send)
+            else:
+                await within_deadline(context, self.app(scope, receive, send))
+        except MicroError as exc:
+            # A bad Micro-Timeout, or the deadline: closed with the error's code, as RPCs over
+            # a WebSocket are (4000 + the HTTP status; before the handshake, a refusal).
+            failed = exc.code >= 500
+            with contextlib.suppress(RuntimeError, OSError):
+                await send({"type": "websocket.close", "code": 4000 + exc.code})
+        except Exception:
+            failed = True
+            raise
+        finally:
+            pipeline.end(failed=failed)
 
     def _build_shortcuts(self) -> dict[str, MicroRoute]:
         if self.service.app is None:
@@ -135,16 +156,9 @@ class MicroMiddleware:
         self._shortcuts = rpc_shortcuts(self.service.app)
         return self._shortcuts
 
-    async def _fail(self, error: MicroError, status: int, send: Send) -> None:
-        if status:
-            return  # the response has begun; the connection is all that can be dropped
-        error.id = error.id or self.service.name
-        await send_error(send, error)
-
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         service = self.service
-        service.middleware_active = True
-        self._expose_service(scope)
+        expose(scope, service)
         app = scope.get("app")
 
         async def receive_first_stop() -> Message:
@@ -242,7 +256,7 @@ def _from_detail(status: int, body: bytes) -> MicroError | None:
     detail = data["detail"]
     if status == 422 and isinstance(detail, list):
         # FastAPI's request validation errors: a bad request, naming the fields.
-        return error_for_status(400)(validation_detail(detail))
+        return BadRequest(validation_detail(detail))
     error = error_for_status(status)(
         detail if isinstance(detail, str) else orjson.dumps(detail).decode()
     )

@@ -2,21 +2,42 @@
 
 Each part keeps one small table from URL scheme to ``"module:Class"``; packages outside the core
 add schemes through the entry point group ``asgi_micro.<part>`` (``asgi_micro.registry``,
-``asgi_micro.store``, ...). A backend class offers ``from_url(url)``.
+``asgi_micro.store``, ...), naming in brackets the extra that installs what the backend needs:
+
+    [project.entry-points."asgi_micro.broker"]
+    nats = "asgi_micro_nats.broker:NATSBroker [nats]"
+
+A backend class offers ``from_url(url, *, parts)``: ``parts`` holds the parts of the service
+built before it (its name, registry, store...), for a backend that needs another part, as the
+embedded HTTP broker needs the registry and the store.
 """
 
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
-from typing import Any
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-__all__ = ["Backend", "MissingDependency", "load_backend"]
+if TYPE_CHECKING:
+    from .registry import Registry
+    from .store import Store
+
+__all__ = ["Backend", "MissingDependency", "Parts", "load_backend"]
 
 
 class MissingDependency(ImportError):
     """A backend needs an optional dependency that is not installed."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Parts:
+    """The parts of a service built before a backend, for a backend that needs them."""
+
+    service: str = ""
+    registry: Registry | None = None
+    store: Store | None = None
 
 
 class Backend:
@@ -29,7 +50,9 @@ class Backend:
         self.extra = extra
 
 
-def load_backend(part: str, url: str, table: dict[str, Backend]) -> Any:
+def load_backend(
+    part: str, url: str, table: dict[str, Backend], *, parts: Parts | None = None
+) -> Any:
     """Build the backend of ``part`` that ``url`` names."""
     scheme = urlsplit(url).scheme.lower()
     if not scheme:
@@ -37,11 +60,12 @@ def load_backend(part: str, url: str, table: dict[str, Backend]) -> Any:
             f"{part} URL {url!r} has no scheme; expected one of {_schemes(part, table)}"
         )
     backend = table.get(scheme)
+    source = "asgi-micro"
     if backend is None:
-        for entry_point in entry_points(group=f"asgi_micro.{part}"):
-            if entry_point.name == scheme:
-                backend = Backend(entry_point.value)
-                break
+        found = _entry_point(part, scheme)
+        if found is not None:
+            backend = Backend(found.value.partition("[")[0].strip(), extra=_extra(found))
+            source = found.dist.name if found.dist is not None else found.value
     if backend is None:
         raise ValueError(
             f"unknown {part} scheme {scheme!r} in {url!r}; expected one of {_schemes(part, table)}"
@@ -50,13 +74,29 @@ def load_backend(part: str, url: str, table: dict[str, Backend]) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        if backend.extra is None or exc.name is None or exc.name.startswith("asgi_micro"):
+        if exc.name is None or (exc.name.startswith("asgi_micro") and source == "asgi-micro"):
             raise
+        install = (
+            f"pip install '{source}[{backend.extra}]'"
+            if backend.extra
+            else f"pip install {exc.name}"
+        )
         raise MissingDependency(
-            f"the {scheme}:// {part} needs the package {exc.name!r}: "
-            f"pip install 'asgi-micro[{backend.extra}]'"
+            f"the {scheme}:// {part} (from {source}) needs the package {exc.name!r}: {install}"
         ) from exc
-    return getattr(module, class_name).from_url(url)
+    return getattr(module, class_name).from_url(url, parts=parts or Parts())
+
+
+def _entry_point(part: str, scheme: str) -> EntryPoint | None:
+    for entry_point in entry_points(group=f"asgi_micro.{part}"):
+        if entry_point.name == scheme:
+            return entry_point
+    return None
+
+
+def _extra(entry_point: EntryPoint) -> str | None:
+    extras = entry_point.extras
+    return extras[0] if extras else None
 
 
 def _schemes(part: str, table: dict[str, Backend]) -> str:

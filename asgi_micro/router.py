@@ -14,9 +14,13 @@ at the same path.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import inspect
 import logging
 import re
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from fastapi import APIRouter
@@ -27,14 +31,16 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .codec import codec_for_accept
-from .context import request_context, within_deadline
+from .codec import JSON, Codec, codec_for_accept
+from .context import Context, current_context, read_headers, within_deadline
 from .errors import (
+    BadRequest,
     InternalServerError,
     MicroError,
     NotAcceptable,
     error_for_status,
 )
+from .pipeline import Call, Host, standalone
 from .responses import (
     DEFAULT_MAX_BODY,
     error_from_validation,
@@ -52,7 +58,7 @@ from .types import Receive, Scope, Send
 
 __all__ = ["ENDPOINT_EXTENSION", "MicroRoute", "MicroRouter", "rpc_of", "serve_rpc"]
 
-logger = logging.getLogger("asgi_micro")
+logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -146,6 +152,8 @@ class MicroRoute(APIRoute):
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         # Before APIRoute.__init__, which builds the handler.
         self.rpc: RPC | None = getattr(endpoint, _RPC_ATTRIBUTE, None)
+        if self.rpc is not None and not self.rpc.standalone:
+            endpoint = _reporting(endpoint)
         super().__init__(path, endpoint, **kwargs)
         self.fast = self.rpc is not None and self.rpc.standalone and not self.dependencies
 
@@ -189,15 +197,17 @@ class MicroRoute(APIRoute):
         rpc = self.rpc
 
         async def micro_handler(request: Request) -> Response:
-            service = service_of(request.scope)
-            error_id = service.name if service else (rpc.name if rpc else "")
+            host = service_of(request.scope)
+            error_id = host.name if host else (rpc.name if rpc else "")
             try:
-                response: Response = await handler(request)
-                return response
+                if rpc is None or host is None:
+                    response: Response = await handler(request)
+                    return response
+                return await _through_pipeline(rpc, host, request, handler)
             except MicroError as exc:
                 error: MicroError = exc
             except RequestValidationError as exc:
-                error = error_for_status(400)(validation_detail(exc.errors()))
+                error = BadRequest(validation_detail(exc.errors()))
             except HTTPException as exc:
                 error = error_for_status(exc.status_code)(str(exc.detail))
             except Exception:
@@ -211,14 +221,95 @@ class MicroRoute(APIRoute):
         return micro_handler
 
 
+# -- the FastAPI path: RPC handlers whose parameters FastAPI resolves --------------------------
+
+_reported: ContextVar[list[Any] | None] = ContextVar("asgi_micro_reported", default=None)
+
+
+def _reporting(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """``handler`` as FastAPI's endpoint, reporting what it returns to the pipeline that runs
+    it (FastAPI turns it into a response, which the pipeline's wrappers do not see)."""
+    if inspect.isasyncgenfunction(handler):
+        return handler  # FastAPI streams it; wrappers see the stream end, not its items
+    is_async = inspect.iscoroutinefunction(handler)
+
+    @functools.wraps(handler)
+    async def endpoint(*args: Any, **kwargs: Any) -> Any:
+        if is_async:
+            result = await handler(*args, **kwargs)
+        else:
+            result = await asyncio.to_thread(handler, *args, **kwargs)
+        holder = _reported.get()
+        if holder is not None:
+            holder.append(result)
+        return result
+
+    return endpoint
+
+
+async def _through_pipeline(
+    rpc: RPC, host: Host, request: Request, fastapi_handler: Callable[[Request], Any]
+) -> Response:
+    """Run an RPC that FastAPI resolves through the pipeline: the body decoded (in any codec)
+    for the wrappers first, then FastAPI's own handler (dependencies, the call, the reply)."""
+    pipeline = host.pipeline
+    decoded = None
+    if pipeline.wrappers and rpc.request is not None:
+        content_type, _ = media_types(request.scope["headers"])
+        codec = request_codec(content_type)
+        body = await request.body()
+        try:
+            decoded = codec.decode(body, rpc.request)
+        except ValidationError as exc:
+            raise error_from_validation(exc, id=host.name) from None
+        if codec is not JSON:
+            # FastAPI reads JSON bodies only: hand it the same request as JSON.
+            request._body = JSON.encode(decoded, rpc.request)
+            request.scope["headers"] = [
+                *((k, v) for k, v in request.scope["headers"] if k != b"content-type"),
+                (b"content-type", b"application/json"),
+            ]
+    context = current_context() or read_headers(request.scope["headers"]) or Context()
+    call = Call(
+        rpc.name,
+        "http",
+        context,
+        host=host,
+        request=decoded,
+        kind=rpc.kind,
+        rpc=rpc,
+        content_type="application/json",
+    )
+    responses: list[Response] = []
+
+    async def fastapi(call: Call) -> Any:
+        reported: list[Any] = []
+        token = _reported.set(reported)
+        try:
+            responses.append(await fastapi_handler(request))
+        finally:
+            _reported.reset(token)
+        return reported[0] if reported else None
+
+    result = await pipeline.run(call, fastapi)
+    if responses:
+        return responses[-1]
+    # A wrapper answered without calling on: its reply, in the endpoint's shape.
+    payload = JSON.encode({}) if rpc.response is None else _reply_bytes(JSON, rpc, result)
+    return Response(payload, media_type="application/json")
+
+
+# -- the fast path ------------------------------------------------------------------------------
+
+
 async def serve_rpc(
     rpc: RPC, scope: Scope, receive: Receive, send: Send, *, limit: int = DEFAULT_MAX_BODY
 ) -> None:
-    """Decode, call and encode one RPC over HTTP without Starlette's request objects."""
-    service = service_of(scope)
-    error_id = service.name if service else rpc.name
+    """Decode, run through the pipeline and encode one RPC over HTTP, without Starlette's
+    request objects."""
+    host = service_of(scope)
+    error_id = host.name if host else rpc.name
     content_type, accept = media_types(scope["headers"])
-    context, own_context = request_context(scope["headers"])
     try:
         codec = request_codec(content_type)
         reply_codec = codec_for_accept(accept, codec)
@@ -229,21 +320,37 @@ async def serve_rpc(
             request = codec.decode(body, rpc.request) if rpc.request is not None else None
         except ValidationError as exc:
             raise error_from_validation(exc, id=error_id) from None
-        kwargs = rpc.arguments(request, service, context)
-        if own_context:
-            result = await within_deadline(context, rpc.invoke(kwargs))
+        context = current_context()  # MicroMiddleware's, whose deadline it enforces
+        own = context is None
+        if context is None:
+            context = read_headers(scope["headers"]) or Context()
+        call = Call(
+            rpc.name,
+            "http",
+            context,
+            host=host,
+            request=request,
+            content_type=codec.content_type,
+            rpc=rpc,
+        )
+        handler = host.pipeline.handler(rpc) if host is not None else standalone(rpc)
+        if own:
+            result = await within_deadline(context, handler(call))
         else:
-            result = await rpc.invoke(kwargs)
-        if rpc.response is None:
-            payload = reply_codec.encode({})
-        else:
-            if not isinstance(result, rpc.response.type):
-                result = rpc.response.validate_python(result)
-            payload = reply_codec.encode(result, rpc.response)
+            result = await handler(call)
+        payload = _reply_bytes(reply_codec, rpc, result)
     except Exception as exc:
         await send_failure(send, exc, error_id=error_id, name=rpc.name)
         return
     await send_response(send, 200, payload, reply_codec.content_type.encode("latin-1"))
+
+
+def _reply_bytes(codec: Codec, rpc: RPC, result: Any) -> bytes:
+    if rpc.response is None:
+        return codec.encode({})
+    if not isinstance(result, rpc.response.type):
+        result = rpc.response.validate_python(result)
+    return codec.encode(result, rpc.response)
 
 
 def rpc_of(route: Any) -> RPC | None:
@@ -252,9 +359,6 @@ def rpc_of(route: Any) -> RPC | None:
     if rpc is None:
         rpc = getattr(getattr(route, "endpoint", None), "rpc", None)
     return rpc if isinstance(rpc, RPC) else None
-
-
-# -- streams of replies: NDJSON and Server-Sent Events -------------------------------------------
 
 
 def _camel(name: str) -> str:

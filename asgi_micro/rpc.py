@@ -2,7 +2,7 @@
 
 ``RPC.from_handler`` reads a handler's signature once: the parameter holding the request message,
 the return type, and dependencies asgi-micro can resolve without FastAPI (``Store``, ``Context``,
-...). HTTP and gRPC both call ``RPC.invoke`` (or ``RPC.stream``).
+...). Every protocol calls it through the service's pipeline (``asgi_micro.pipeline``).
 
 Streaming follows the signature: an async generator (``-> AsyncIterator[Reply]``) streams its
 replies, and a request parameter annotated ``AsyncIterator[Request]`` receives a stream of
@@ -27,13 +27,13 @@ from .messages import MessageType
 from .state import service_of
 
 if TYPE_CHECKING:
-    from .service import Service
+    from .pipeline import Host
 
 __all__ = ["RPC", "Resolver", "micro_dependency"]
 
-Resolver = Callable[["Service | None", Context], Any]
-"""Resolves a dependency from the running service (``None`` without one) and the call's context;
-use ``state.require_service`` when the value needs the service."""
+Resolver = Callable[["Host | None", Context], Any]
+"""Resolves a dependency from the running service (``None`` without one) and the call's
+context."""
 
 _RESOLVER_ATTRIBUTE = "__micro_resolve__"
 
@@ -165,13 +165,13 @@ class RPC:
         ``bidi``."""
         return _KINDS[self.server_streaming, self.client_streaming]
 
-    def arguments(self, request: Any, service: Service | None, context: Context) -> dict[str, Any]:
+    def arguments(self, request: Any, host: Host | None, context: Context) -> dict[str, Any]:
         """Keyword arguments for the handler."""
         kwargs: dict[str, Any] = {}
         if self.request_param is not None:
             kwargs[self.request_param] = request
         for param, resolve in self.resolvers.items():
-            kwargs[param] = resolve(service, context)
+            kwargs[param] = resolve(host, context)
         return kwargs
 
     async def invoke(self, kwargs: dict[str, Any]) -> Any:

@@ -7,27 +7,27 @@ from typing import TYPE_CHECKING
 from .types import Scope
 
 if TYPE_CHECKING:
-    from .service import Service
+    from .pipeline import Host
 
-__all__ = ["STATE_KEY", "require_service", "service_of"]
+__all__ = ["STATE_KEY", "expose", "service_of"]
 
 STATE_KEY = "micro_service"
 
 
-def service_of(scope: Scope) -> Service | None:
+def service_of(scope: Scope) -> Host | None:
     """The service serving this request, or ``None`` when the app runs without one."""
     state = scope.get("state")
     if state is None:
         return None
-    service: Service | None = state.get(STATE_KEY)
-    return service
+    host: Host | None = state.get(STATE_KEY)
+    return host
 
 
-def require_service(service: Service | None) -> Service:
-    """``service``, or a clear error saying how to run the app with one."""
-    if service is None:
-        raise RuntimeError(
-            "no running Service for this dependency; serve the app with "
-            "FastAPI(lifespan=service.lifespan) or app.add_middleware(MicroMiddleware, service=...)"
-        )
-    return service
+def expose(scope: Scope, host: Host) -> None:
+    """Make ``host`` the service of ``scope`` (and of the requests it begins, for a lifespan
+    scope), unless one is there already."""
+    state = scope.get("state")
+    if state is None:
+        scope["state"] = {STATE_KEY: host}
+    elif STATE_KEY not in state:
+        state[STATE_KEY] = host

@@ -20,13 +20,14 @@ from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from .codec import JSON, MSGPACK, PROTOBUF, MessageType, preferred
-from .context import Context, current_context, request_context, within_deadline
+from .context import Context, current_context, read_headers, within_deadline
 from .errors import (
     InternalServerError,
     MicroError,
     NotAcceptable,
     Timeout,
 )
+from .pipeline import Call, standalone
 from .responses import (
     DEFAULT_MAX_BODY,
     error_from_validation,
@@ -52,7 +53,7 @@ __all__ = [
     "websocket_endpoint",
 ]
 
-logger = logging.getLogger("asgi_micro")
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -163,10 +164,9 @@ async def serve_stream(
 ) -> None:
     """Serve a server-streaming RPC over HTTP: one request in the body (any codec), the replies
     as NDJSON or Server-Sent Events."""
-    service = service_of(scope)
-    error_id = service.name if service else rpc.name
+    host = service_of(scope)
+    error_id = host.name if host else rpc.name
     content_type, accept = media_types(scope["headers"])
-    context, own_context = request_context(scope["headers"])
     try:
         codec = request_codec(content_type)
         format = stream_format(accept)
@@ -177,23 +177,29 @@ async def serve_stream(
             request = codec.decode(body, rpc.request) if rpc.request is not None else None
         except ValidationError as exc:
             raise error_from_validation(exc, id=error_id) from None
-        kwargs = rpc.arguments(request, service, context)
+        context = current_context()  # MicroMiddleware's, whose deadline it enforces
+        own = context is None
+        if context is None:
+            context = read_headers(scope["headers"]) or Context()
     except Exception as exc:
         await send_failure(send, exc, error_id=error_id, name=rpc.name)
         return
     replies = _Replies(send, format, rpc.response, error_id)
-
-    async def pump() -> None:
-        stream = rpc.stream(kwargs)
-        try:
-            async for item in stream:
-                await replies.write(item)
-        finally:
-            await stream.aclose()
-
+    call = Call(
+        rpc.name,
+        "http",
+        context,
+        host=host,
+        request=request,
+        kind=rpc.kind,
+        content_type=format.content_type.decode(),
+        rpc=rpc,
+        write=replies.write,
+    )
+    handler = host.pipeline.handler(rpc) if host is not None else standalone(rpc)
     try:
         done = await _run_until_gone(
-            within_deadline(context, pump()) if own_context else pump(),
+            within_deadline(context, handler(call)) if own else handler(call),
             _http_disconnect(receive),
         )
     except asyncio.CancelledError:
@@ -212,12 +218,12 @@ async def _http_disconnect(receive: Receive) -> None:
 
 
 async def _run_until_gone(
-    work: Coroutine[Any, Any, T], gone: Coroutine[Any, Any, None]
-) -> asyncio.Task[T] | None:
+    work: Awaitable[T], gone: Coroutine[Any, Any, None]
+) -> asyncio.Future[T] | None:
     """Run ``work`` until it ends, or until ``gone`` (which returns when the peer disconnects)
     returns first: ``work`` is then cancelled, its ``finally`` blocks run, and the result is
     ``None``. Cancelling the caller cancels both."""
-    task = asyncio.create_task(work)
+    task = asyncio.ensure_future(work)
     watcher = asyncio.create_task(gone)
     try:
         await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
@@ -230,7 +236,7 @@ async def _run_until_gone(
 
 
 async def _conclude(
-    done: asyncio.Task[Any],
+    done: asyncio.Future[Any],
     finish: Callable[[], Awaitable[None]],
     fail: Callable[[MicroError], Awaitable[None]],
     name: str,
@@ -278,10 +284,10 @@ async def serve_websocket(rpc: RPC, websocket: WebSocket) -> None:
     subprotocol = next((p for p in scope.get("subprotocols", ()) if p in WEBSOCKET_CODECS), None)
     codec = WEBSOCKET_CODECS[subprotocol or "json"]
     await websocket.accept(subprotocol=subprotocol)
-    service = service_of(scope)
-    error_id = service.name if service else rpc.name
-    context = current_context()
-    own_context = context is None
+    host = service_of(scope)
+    error_id = host.name if host else rpc.name
+    context = current_context()  # MicroMiddleware's, whose deadline it enforces
+    own = context is None
     if context is None:
         context = Context.from_headers(scope["headers"])
     frames: asyncio.Queue[str | bytes] = asyncio.Queue(maxsize=32)
@@ -309,17 +315,23 @@ async def serve_websocket(rpc: RPC, websocket: WebSocket) -> None:
         else:
             await websocket.send({"type": "websocket.send", "bytes": payload})
 
+    call = Call(
+        rpc.name,
+        "websocket",
+        context,
+        host=host,
+        request=requests(),
+        kind=rpc.kind,
+        content_type=codec.content_type,
+        rpc=rpc,
+        write=reply,
+    )
+    handler = host.pipeline.handler(rpc) if host is not None else standalone(rpc)
+
     async def work() -> None:
-        kwargs = rpc.arguments(requests(), service, context)
+        result = await handler(call)
         if not rpc.server_streaming:
-            await reply(await rpc.invoke(kwargs))
-            return
-        stream = rpc.stream(kwargs)
-        try:
-            async for item in stream:
-                await reply(item)
-        finally:
-            await stream.aclose()
+            await reply(result)
 
     async def read() -> None:
         ended = False
@@ -342,9 +354,7 @@ async def serve_websocket(rpc: RPC, websocket: WebSocket) -> None:
         await close(4000 + error.code, _close_reason(error))
 
     try:
-        done = await _run_until_gone(
-            within_deadline(context, work()) if own_context else work(), read()
-        )
+        done = await _run_until_gone(within_deadline(context, work()) if own else work(), read())
     except asyncio.CancelledError:
         if context.expired():  # MicroMiddleware's deadline
             await fail(Timeout("deadline exceeded"))

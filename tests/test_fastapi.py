@@ -83,14 +83,26 @@ async def test_store_dependency_is_the_services_table() -> None:
     assert me["value"] == service.id
 
 
-async def test_the_store_follows_the_service_lifecycle() -> None:
-    backend = MemoryStore()
-    async with Service("kv", registry=MemoryRegistry(), store=backend) as service:
+async def test_a_store_from_a_url_follows_the_service_lifecycle() -> None:
+    async with Service("kv", registry=MemoryRegistry(), store="memory://") as service:
         await service.store.write("k", b"v")
         assert (await service.store.read("k"))[0].value == b"v"
     assert service.store.table_name == "kv"
     with pytest.raises(RuntimeError, match="not started"):
         await service.store.read("k")
+
+
+async def test_a_store_given_as_an_object_is_started_and_left_to_its_owner() -> None:
+    """Two services sharing one backend: the one stopping first leaves it to the other."""
+    backend = MemoryStore()
+    registry = MemoryRegistry()
+    async with Service("first", registry=registry, store=backend) as first:
+        await first.store.write("k", b"v")
+    async with backend, Service("second", registry=registry, store=backend) as second:
+        assert await backend.table("first").read("k")
+        await second.store.write("k", b"w")
+    with pytest.raises(RuntimeError, match="not started"):
+        await backend.read("k")
 
 
 def test_store_cli_is_mounted() -> None:

@@ -87,8 +87,9 @@ async def test_a_node_that_stops_heartbeating_expires() -> None:
     service = Service("lapse", registry=registry, register_ttl=0.5, register_interval=0.2)
     async with serve(slow_app(service)):
         await service.wait_registered()
-        assert service._registration is not None
-        service._registration.cancel()  # as if the process hung
+        heartbeat = service.registrar._heartbeat
+        assert heartbeat is not None
+        heartbeat.cancel()  # as if the process hung
         await asyncio.sleep(0.8)
         assert await registry.get_service("lapse") == []
 

@@ -48,7 +48,7 @@ def proto(
                 "cannot tell which Service serves this app; name the package with --package",
                 param_hint="APP",
             )
-        package = service_package(service)
+        package = service_package(service.name, service.grpc_package)
     try:
         schema = grpc_schema(app, package=package)
     except ProtoSchemaError as exc:

@@ -10,7 +10,18 @@ safe to retry are retried on another node, within the caller's deadline (see ``r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+import functools
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import httpx
@@ -27,9 +38,11 @@ from ..errors import (
     ServiceUnavailable,
     Timeout,
 )
+from ..pipeline import check_wrapper, compose
 from ..registry import Node, Registry
 from ..registry import Service as ServiceRecord
 from .cache import RegistryCache
+from .calls import ClientCall, ClientNext, ClientWrapper
 from .http import HTTPTransport
 from .outliers import OutlierDetector
 from .retry import Backoff, retryable
@@ -38,7 +51,7 @@ from .selector import Strategy, candidates, strategy_named
 if TYPE_CHECKING:
     from .grpc import GrpcTransport
 
-__all__ = ["CLIENT_ID", "Client"]
+__all__ = ["CLIENT_ID", "Client", "ClientCall", "ClientNext", "ClientWrapper"]
 
 T = TypeVar("T")
 Transport = Literal["http", "grpc"]
@@ -66,11 +79,17 @@ class Client:
         strategy: Strategy | str = "random",
         outliers: OutlierDetector | None = None,
         cache_refresh: float = 30.0,
+        propagate: Collection[str] = (),
+        wrappers: Sequence[ClientWrapper] = (),
     ) -> None:
         if retries < 0:
             raise ValueError("retries must be >= 0")
         self.registry = registry
         self.caller = caller
+        self.propagate = tuple(propagate)
+        self.wrappers: tuple[ClientWrapper, ...] = ()
+        for wrapper in wrappers:
+            self.wrap(wrapper)
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff or Backoff()
@@ -147,44 +166,80 @@ class Client:
         that node; ``version`` and ``labels`` (node metadata) narrow the nodes. ``transport``
         is ``"http"`` or ``"grpc"`` (the node's gRPC port, from its registry metadata).
         """
-        context = self._context(timeout, metadata)
-        if transport == "grpc":
-            # A gRPC address speaks no HTTP/1.1 to describe itself: go by convention then.
-            records = [] if address else await self._records(service, address)
-            grpc_path, _, idempotent = _grpc_route(service, endpoint, records)
-
-            async def grpc_attempt(node: Node, remaining: float | None) -> Any:
-                return await self.grpc.unary(
-                    _grpc_address(node, address),
-                    grpc_path,
-                    request,
-                    response_model=response_model,
-                    metadata=context.headers(),
-                    timeout=remaining,
-                    service=service,
-                )
-
-            return await self.attempts(
-                service,
-                grpc_attempt,
-                context=context,
-                idempotent=idempotent,
-                retries=self.retries if retries is None else retries,
-                address=address,
-                version=version,
-                labels=labels,
-                strategy=strategy,
-                usable=_serves_grpc,
-            )
-        if transport != "http":
+        if transport not in ("http", "grpc"):
             raise ValueError(f"transport is 'http' or 'grpc', got {transport!r}")
+        outgoing = ClientCall(
+            service,
+            endpoint,
+            transport,
+            self._context(timeout, metadata),
+            request=request,
+            address=address,
+        )
+        options = _Options(retries, version, labels, strategy)
+        if transport == "grpc":
+            unary = functools.partial(
+                self._grpc_unary, response_model=response_model, options=options
+            )
+        else:
+            unary = functools.partial(
+                self._http_unary,
+                response_model=response_model,
+                content_type=content_type,
+                options=options,
+            )
+        return await self._run(outgoing, unary)
+
+    def wrap(self, wrapper: ClientWrapper) -> ClientWrapper:
+        """Add a client wrapper: it sees every outgoing ``call``, ``stream`` and ``http()``
+        request (see ``asgi_micro.client.calls``); the first added is the outermost. Usable as
+        a decorator."""
+        check_wrapper(wrapper)
+        self.wrappers = (*self.wrappers, wrapper)
+        return wrapper
+
+    async def _run(self, call: ClientCall, handler: ClientNext) -> Any:
+        if not self.wrappers:
+            return await handler(call)
+        return await compose(self.wrappers, handler)(call)
+
+    async def _grpc_unary(
+        self, call: ClientCall, *, response_model: type[Any] | None, options: _Options
+    ) -> Any:
+        service, address = call.service, call.address
+        # A gRPC address speaks no HTTP/1.1 to describe itself: go by convention then.
+        records = [] if address else await self._records(service, address)
+        grpc_path, _, idempotent = _grpc_route(service, call.endpoint, records)
+
+        async def attempt(node: Node, remaining: float | None) -> Any:
+            return await self.grpc.unary(
+                _grpc_address(node, address),
+                grpc_path,
+                call.request,
+                response_model=response_model,
+                metadata=call.context.headers(),
+                timeout=remaining,
+                service=service,
+            )
+
+        return await self._attempts(call, attempt, idempotent, options, usable=_serves_grpc)
+
+    async def _http_unary(
+        self,
+        call: ClientCall,
+        *,
+        response_model: type[Any] | None,
+        content_type: str,
+        options: _Options,
+    ) -> Any:
+        service = call.service
         codec = codec_for_content_type(content_type)
         if codec is None:
             raise ValueError(f"no codec for content type {content_type!r}")
         reply_type = None if response_model is None else message_type(response_model)
-        body = codec.encode({} if request is None else request)
-        records = await self._records(service, address)
-        method, path, idempotent = _route(endpoint, records)
+        body = codec.encode({} if call.request is None else call.request)
+        records = await self._records(service, call.address)
+        method, path, idempotent = _route(call.endpoint, records)
         base_headers = [("content-type", codec.content_type), ("accept", codec.content_type)]
 
         async def attempt(node: Node, remaining: float | None) -> Any:
@@ -193,7 +248,7 @@ class Client:
                 node.port,
                 method,
                 path,
-                headers=[*base_headers, *context.headers()],
+                headers=[*base_headers, *call.context.headers()],
                 body=body,
                 timeout=remaining,
             )
@@ -208,16 +263,28 @@ class Client:
                 return reply_codec.decode(response.body, reply_type)
             raise _error_from(response.status, response.body, service)
 
+        return await self._attempts(call, attempt, idempotent, options)
+
+    async def _attempts(
+        self,
+        call: ClientCall,
+        attempt: Callable[[Node, float | None], Awaitable[T]],
+        idempotent: bool,
+        options: _Options,
+        *,
+        usable: Callable[[Node], bool] | None = None,
+    ) -> T:
         return await self.attempts(
-            service,
+            call.service,
             attempt,
-            context=context,
+            context=call.context,
             idempotent=idempotent,
-            retries=self.retries if retries is None else retries,
-            address=address,
-            version=version,
-            labels=labels,
-            strategy=strategy,
+            retries=self.retries if options.retries is None else options.retries,
+            address=call.address,
+            version=options.version,
+            labels=options.labels,
+            strategy=options.strategy,
+            usable=usable,
         )
 
     async def stream(
@@ -244,17 +311,57 @@ class Client:
         sent; once replies flow, a failure ends the stream with the error. The deadline covers
         the whole stream; close the iterator (``contextlib.aclosing``) to stop early.
         """
-        context = self._context(timeout, metadata)
+        if transport not in ("http", "grpc"):
+            raise ValueError(f"transport is 'http' or 'grpc', got {transport!r}")
         records = [] if address and transport == "grpc" else await self._records(service, address)
         kind = _stream_kind(endpoint, records, request)
-        if transport == "grpc":
-            grpc_path, _, _ = _grpc_route(service, endpoint, records)
+        if transport == "http" and kind != "server":
+            raise ValueError(
+                f"{endpoint} streams requests: call it with transport='grpc' "
+                "(over HTTP it is a WebSocket)"
+            )
+        outgoing = ClientCall(
+            service,
+            endpoint,
+            transport,
+            self._context(timeout, metadata),
+            request=request,
+            kind=kind,
+            address=address,
+        )
+        opening = functools.partial(
+            self._open_stream,
+            records=records,
+            response_model=response_model,
+            request_model=request_model,
+            options=_Options(None, version, labels, None),
+        )
+        replies: AsyncIterator[Any] = await self._run(outgoing, opening)
+        try:
+            async for reply in replies:
+                yield reply
+        finally:
+            await _close(replies)
+
+    async def _open_stream(
+        self,
+        call: ClientCall,
+        *,
+        records: list[ServiceRecord],
+        response_model: type[Any] | None,
+        request_model: type[Any] | None,
+        options: _Options,
+    ) -> AsyncIterator[Any]:
+        """The stream ``call`` opens, once its first reply came (or it ended without one)."""
+        service, address, request, kind = call.service, call.address, call.request, call.kind
+        if call.protocol == "grpc":
+            grpc_path, _, _ = _grpc_route(service, call.endpoint, records)
 
             def open_stream(node: Node, remaining: float | None) -> AsyncIterator[Any]:
                 grpc_address = _grpc_address(node, address)
                 options: dict[str, Any] = {
                     "response_model": response_model,
-                    "metadata": context.headers(),
+                    "metadata": call.context.headers(),
                     "timeout": remaining,
                     "service": service,
                 }
@@ -270,23 +377,15 @@ class Client:
                     grpc_address, grpc_path, request, request_model=request_model, **options
                 )
 
-        elif transport == "http":
-            if kind != "server":
-                raise ValueError(
-                    f"{endpoint} streams requests: call it with transport='grpc' "
-                    "(over HTTP it is a WebSocket)"
-                )
-            method, path, _ = _route(endpoint, records)
+        else:
+            method, path, _ = _route(call.endpoint, records)
             body = JSON.encode({} if request is None else request)
             reply_type = None if response_model is None else message_type(response_model)
 
             def open_stream(node: Node, remaining: float | None) -> AsyncIterator[Any]:
                 return self._ndjson(
-                    node, method, path, body, context, remaining, reply_type, service
+                    node, method, path, body, call.context, remaining, reply_type, service
                 )
-
-        else:
-            raise ValueError(f"transport is 'http' or 'grpc', got {transport!r}")
 
         async def first_reply(
             node: Node, remaining: float | None
@@ -300,25 +399,15 @@ class Client:
                 await _close(replies)
                 raise
 
-        first, replies = await self.attempts(
-            service,
+        # Only what failed before sending is tried again.
+        first, replies = await self._attempts(
+            call,
             first_reply,
-            context=context,
-            idempotent=False,  # only what failed before sending is tried again
-            retries=self.retries,
-            address=address,
-            version=version,
-            labels=labels,
-            usable=_serves_grpc if transport == "grpc" else None,
+            False,
+            options,
+            usable=_serves_grpc if call.protocol == "grpc" else None,
         )
-        try:
-            if first is _END:
-                return
-            yield first
-            async for reply in replies:
-                yield reply
-        finally:
-            await _close(replies)
+        return _then(first, replies)
 
     async def _ndjson(
         self,
@@ -432,12 +521,15 @@ class Client:
             await self.transport.aclose()
 
     def _context(self, timeout: float | None, metadata: Mapping[str, str] | None) -> Context:
-        """The context of an outgoing call: the current one's, with ``metadata`` added and the
-        caller named (each hop names itself)."""
+        """The context of an outgoing call: the current one's trace and deadline, the metadata
+        the allow-list propagates, ``metadata``, and the caller named (each hop names
+        itself)."""
         if self.caller:
             metadata = {**(metadata or {}), "from-service": self.caller}
         return (current_context() or Context()).onward(
-            timeout=self.timeout if timeout is None else timeout, metadata=metadata
+            timeout=self.timeout if timeout is None else timeout,
+            metadata=metadata,
+            propagate=self.propagate,
         )
 
     async def _select(
@@ -584,6 +676,28 @@ def _stream_line(line: bytes, reply_type: MessageType | None, service: str) -> A
         if set(data) == {"error"}:
             raise MicroError.from_dict(data["error"], id=service)
     return JSON.decode(line, reply_type)
+
+
+async def _then(first: Any, replies: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """``first`` (unless the stream ended before it), then the rest of ``replies``."""
+    try:
+        if first is _END:
+            return
+        yield first
+        async for reply in replies:
+            yield reply
+    finally:
+        await _close(replies)
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    """How one call picks its nodes and retries: ``None`` for the client's own."""
+
+    retries: int | None
+    version: str | None
+    labels: Mapping[str, str] | None
+    strategy: Strategy | None
 
 
 async def _one(reply: Awaitable[Any]) -> AsyncIterator[Any]:

@@ -17,16 +17,16 @@ from typing import TYPE_CHECKING
 import httpx
 
 from ..context import TIMEOUT_HEADER
+from ..endpoints import IDEMPOTENT_METHODS
 from ..errors import MicroError
 from ..registry import Node
+from .calls import ClientCall
 from .httpx_transport import PooledTransport, httpx_error
 
 if TYPE_CHECKING:
     from . import Client
 
 __all__ = ["DiscoveryTransport"]
-
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
 class DiscoveryTransport(httpx.AsyncBaseTransport):
@@ -40,28 +40,41 @@ class DiscoveryTransport(httpx.AsyncBaseTransport):
         if url.scheme != "http":
             raise httpx.UnsupportedProtocol(f"cannot send {url.scheme!r} URLs", request=request)
         timeouts = request.extensions.get("timeout", {})
-        context = self.client._context(timeouts.get("read"), None)
-        for name, value in context.headers():
+        address = _direct_address(url)
+        call = ClientCall(
+            url.host,
+            f"{request.method} {url.path}",
+            "http",
+            self.client._context(timeouts.get("read"), None),
+            request=request,
+            kind="http",
+            address=address,
+        )
+        try:
+            response: httpx.Response = await self.client._run(call, self._send)
+        except MicroError as exc:
+            raise httpx_error(exc, request) from exc
+        return response
+
+    async def _send(self, call: ClientCall) -> httpx.Response:
+        request: httpx.Request = call.request
+        for name, value in call.context.headers():
             if name != TIMEOUT_HEADER and name not in request.headers:
                 request.headers[name] = value
-        address = _direct_address(url)
 
         async def attempt(node: Node, remaining: float | None) -> httpx.Response:
             if remaining is not None:
                 request.headers[TIMEOUT_HEADER] = str(max(1, int(remaining * 1000)))
             return await self._pooled.open(request, node.host, node.port, timeout=remaining)
 
-        try:
-            return await self.client.attempts(
-                url.host,
-                attempt,
-                context=context,
-                idempotent=request.method in IDEMPOTENT_METHODS,
-                retries=self.client.retries,
-                address=address,
-            )
-        except MicroError as exc:
-            raise httpx_error(exc, request) from exc
+        return await self.client.attempts(
+            call.service,
+            attempt,
+            context=call.context,
+            idempotent=request.method in IDEMPOTENT_METHODS,
+            retries=self.client.retries,
+            address=call.address,
+        )
 
     async def aclose(self) -> None:
         """Nothing to close: the pool belongs to the service's client."""

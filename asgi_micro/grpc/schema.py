@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi.routing import iter_route_contexts
 
@@ -19,9 +19,6 @@ from ..messages import MessageType
 from ..protobuf import ProtoMethod, ProtoSchema, ProtoSchemaError, proto_package
 from ..router import rpc_of
 from ..rpc import RPC
-
-if TYPE_CHECKING:
-    from ..service import Service
 
 __all__ = ["GrpcMethod", "GrpcSchema", "app_rpcs", "grpc_schema", "service_package"]
 
@@ -50,10 +47,10 @@ class GrpcSchema:
         return {name: method.path for name, method in self.methods.items()}
 
 
-def service_package(service: Service) -> str:
-    """The protobuf package of a service: as configured, else derived from its name
-    (``my-service`` -> ``my_service``)."""
-    return service.grpc_package or proto_package(service.name)
+def service_package(name: str, package: str | None = None) -> str:
+    """The protobuf package of the service ``name``: ``package`` when configured, else
+    derived from the name (``my-service`` -> ``my_service``)."""
+    return package or proto_package(name)
 
 
 def app_rpcs(app: Any) -> dict[str, tuple[RPC, bool]]:

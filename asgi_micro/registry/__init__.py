@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..plugins import Backend, load_backend
+from ..plugins import Backend, Parts, load_backend
 from .base import Endpoint, Event, EventType, Node, Registry, Service
 
 __all__ = ["BACKENDS", "Endpoint", "Event", "EventType", "Node", "Registry", "Service", "from_url"]
@@ -15,7 +15,7 @@ BACKENDS: dict[str, Backend] = {
 }
 
 
-def from_url(url: str) -> Registry:
+def from_url(url: str, *, parts: Parts | None = None) -> Registry:
     """The registry that ``url`` names, e.g. ``mdns://`` or ``memory://``."""
-    registry: Registry = load_backend("registry", url, BACKENDS)
+    registry: Registry = load_backend("registry", url, BACKENDS, parts=parts)
     return registry

@@ -8,7 +8,10 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
+
+if TYPE_CHECKING:
+    from ..plugins import Parts
 
 __all__ = ["Endpoint", "Event", "EventType", "Node", "Registry", "Service"]
 
@@ -108,6 +111,11 @@ class Registry(ABC):
     """
 
     url: str = ""
+
+    @classmethod
+    @abstractmethod
+    def from_url(cls, url: str, *, parts: Parts | None = None) -> Self:
+        """The registry ``url`` names; ``parts`` are the service's parts built before it."""
 
     async def start(self) -> None:  # noqa: B027 - optional hook, backends with no connection skip it
         """Open connections; called again it does nothing."""

@@ -22,6 +22,7 @@ import math
 import zlib
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
@@ -39,6 +40,9 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 
 from ..errors import ServiceUnavailable
 from .base import Event, EventType, Node, Registry, Service
+
+if TYPE_CHECKING:
+    from ..plugins import Parts
 
 __all__ = ["DEFAULT_TTL", "REGISTRY_PATH", "SERVICE_TYPE", "MDNSRegistry"]
 
@@ -129,24 +133,24 @@ class MDNSRegistry(Registry):
         self._http: httpx.AsyncClient | None = None
 
     @classmethod
-    def from_url(cls, url: str) -> MDNSRegistry:
+    def from_url(cls, url: str, *, parts: Parts | None = None) -> MDNSRegistry:
         """``mdns://``, ``mdns://127.0.0.1``, ``mdns://0.0.0.0`` (all interfaces) or
         ``mdns://?interfaces=127.0.0.1,10.0.0.2&timeout=0.5&fetch_timeout=2``."""
-        parts = urlsplit(url)
-        if parts.scheme.lower() != "mdns":
+        split = urlsplit(url)
+        if split.scheme.lower() != "mdns":
             raise ValueError(f"not an mdns:// URL: {url!r}")
-        if parts.path not in ("", "/") or parts.fragment or parts.username or parts.password:
+        if split.path not in ("", "/") or split.fragment or split.username or split.password:
             raise ValueError(f"mdns:// takes a host and ?options only, got {url!r}")
-        if parts.port is not None:
+        if split.port is not None:
             raise ValueError(f"mdns:// takes no port (mDNS always uses 5353), got {url!r}")
-        query = parse_qs(parts.query, strict_parsing=bool(parts.query))
+        query = parse_qs(split.query, strict_parsing=bool(split.query))
         options = {key: values[-1] for key, values in query.items()}
         unknown = sorted(set(options) - set(_OPTIONS))
         if unknown:
             raise ValueError(f"unknown mdns:// option(s) {unknown}; expected {list(_OPTIONS)}")
-        if parts.hostname and "interfaces" in options:
+        if split.hostname and "interfaces" in options:
             raise ValueError(f"give interfaces as the host or as ?interfaces=, not both: {url!r}")
-        listed = options.get("interfaces") or parts.hostname
+        listed = options.get("interfaces") or split.hostname
         return cls(
             interfaces=listed.split(",") if listed else None,
             browse_timeout=_seconds(options, "timeout", _BROWSE_TIMEOUT),

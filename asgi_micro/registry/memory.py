@@ -6,8 +6,12 @@ import asyncio
 import copy
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .base import Event, EventType, Node, Registry, Service
+
+if TYPE_CHECKING:
+    from ..plugins import Parts
 
 __all__ = ["MemoryRegistry"]
 
@@ -28,7 +32,7 @@ class MemoryRegistry(Registry):
         self._watchers: set[tuple[str | None, asyncio.Queue[Event]]] = set()
 
     @classmethod
-    def from_url(cls, url: str) -> MemoryRegistry:
+    def from_url(cls, url: str, *, parts: Parts | None = None) -> MemoryRegistry:
         return cls()
 
     async def stop(self) -> None:

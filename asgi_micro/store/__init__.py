@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from ..plugins import Backend, load_backend
+from ..plugins import Backend, Parts, load_backend
 from .base import (
     ABSENT,
     DEFAULT_DATABASE,
@@ -48,10 +48,10 @@ BACKENDS: dict[str, Backend] = {
 }
 
 
-def from_url(url: str) -> Store:
+def from_url(url: str, *, parts: Parts | None = None) -> Store:
     """The store that ``url`` names, e.g. ``sqlite:///.micro/store.db`` or ``memory://``.
 
     Nothing connects until ``start()``.
     """
-    store: Store = load_backend("store", url, BACKENDS)
+    store: Store = load_backend("store", url, BACKENDS, parts=parts)
     return store

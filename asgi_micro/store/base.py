@@ -22,13 +22,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from types import TracebackType
-from typing import Any, Final, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, overload
 
 import orjson
 from pydantic_core import PydanticSerializationError
 
 from ..codec import JSON, MessageType
 from ..errors import BadRequest, Conflict, NotFound, PayloadTooLarge
+
+if TYPE_CHECKING:
+    from ..plugins import Parts
 
 __all__ = [
     "ABSENT",
@@ -120,6 +123,11 @@ class Store(ABC):
         view = copy.copy(self)
         view._table = _check_name("table", name)
         return view
+
+    @classmethod
+    @abstractmethod
+    def from_url(cls, url: str, *, parts: Parts | None = None) -> Self:
+        """The store ``url`` names; ``parts`` are the service's parts built before it."""
 
     async def start(self) -> None:  # noqa: B027 - optional hook, backends with no connection skip it
         """Connect and start sweeping expired records; called again it does nothing."""

@@ -14,8 +14,12 @@ import itertools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .base import ABSENT, DEFAULT_DATABASE, DEFAULT_TABLE, MAX_VALUE_SIZE, Record, Store
+
+if TYPE_CHECKING:
+    from ..plugins import Parts
 
 __all__ = ["MemoryStore"]
 
@@ -88,7 +92,7 @@ class MemoryStore(Store):
         self._state = _State(sweep_interval)
 
     @classmethod
-    def from_url(cls, url: str) -> MemoryStore:
+    def from_url(cls, url: str, *, parts: Parts | None = None) -> MemoryStore:
         return cls()
 
     async def start(self) -> None:

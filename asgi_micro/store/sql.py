@@ -22,7 +22,7 @@ import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 import sqlalchemy as sa
@@ -32,6 +32,9 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from ..errors import ServiceUnavailable
 from .base import ABSENT, DEFAULT_DATABASE, DEFAULT_TABLE, MAX_VALUE_SIZE, Record, Store
+
+if TYPE_CHECKING:
+    from ..plugins import Parts
 
 __all__ = ["DRIVERS", "SQLStore", "Statements"]
 
@@ -376,6 +379,7 @@ class SQLStore(Store):
         cls,
         url: str,
         *,
+        parts: Parts | None = None,
         database: str = DEFAULT_DATABASE,
         table: str = DEFAULT_TABLE,
         max_value_size: int = MAX_VALUE_SIZE,

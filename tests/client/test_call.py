@@ -53,9 +53,9 @@ def answering_router(name: str) -> MicroRouter:
 
 @contextlib.asynccontextmanager
 async def running(
-    name: str, registry: MemoryRegistry, router: MicroRouter
+    name: str, registry: MemoryRegistry, router: MicroRouter, *, propagate: tuple[str, ...] = ()
 ) -> AsyncIterator[Service]:
-    service = Service(name, registry=registry)
+    service = Service(name, registry=registry, propagate=propagate)
     app = FastAPI(lifespan=service.lifespan)
     app.include_router(router)
     async with serve(app):
@@ -144,9 +144,7 @@ async def test_timeout_is_408_in_time(oracle: tuple[Service, MemoryRegistry]) ->
     assert loop.time() - started < 0.2 + 0.1
 
 
-async def test_metadata_and_deadline_travel_down_a_chain() -> None:
-    """A -> B -> C: metadata set by the first caller reaches C, and C sees the reduced deadline."""
-    registry = MemoryRegistry()
+def relay_router() -> MicroRouter:
     relay = MicroRouter("Relay")
 
     @relay.rpc()
@@ -155,9 +153,16 @@ async def test_metadata_and_deadline_travel_down_a_chain() -> None:
         await asyncio.sleep(0.1)  # B spends some of the budget before calling on
         return await service.client.call("c", "Oracle.Ask", req, response_model=Answer)
 
+    return relay
+
+
+async def test_metadata_and_deadline_travel_down_a_chain() -> None:
+    """A -> B -> C: metadata set by the first caller reaches C when B's allow-list names it,
+    and C sees the reduced deadline."""
+    registry = MemoryRegistry()
     async with (
         running("c", registry, answering_router("Oracle")),
-        running("b", registry, relay),
+        running("b", registry, relay_router(), propagate=("tenant",)),
         Service("a", registry=registry) as a,
     ):
         reply = await a.client.call(
@@ -166,7 +171,7 @@ async def test_metadata_and_deadline_travel_down_a_chain() -> None:
             {"text": "hi"},
             response_model=Answer,
             timeout=2.0,
-            metadata={"tenant": "acme"},
+            metadata={"tenant": "acme", "secret": "for b only"},
         )
         assert reply.metadata == {"tenant": "acme", "from-service": "b"}
         assert reply.remaining_ms is not None
@@ -177,3 +182,32 @@ async def test_metadata_and_deadline_travel_down_a_chain() -> None:
         with pytest.raises(errors.Timeout):
             await a.client.call("b", "Relay.Forward", {"text": "slow", "delay": 5}, timeout=0.5)
         assert loop.time() - started < 0.5 + 0.1
+
+
+@pytest.mark.parametrize(
+    ("propagate", "arrives"),
+    [
+        ((), {}),
+        (("tenant",), {"tenant": "acme"}),
+        (("*",), {"tenant": "acme", "secret": "s"}),
+    ],
+)
+async def test_only_the_allow_list_crosses_a_hop_and_never_the_callers_identity(
+    propagate: tuple[str, ...], arrives: dict[str, str]
+) -> None:
+    """What A sends B reaches C only under the keys B's allow-list names; and whatever A
+    claims to be, C hears from B that B called (each hop names itself)."""
+    registry = MemoryRegistry()
+    async with (
+        running("c", registry, answering_router("Oracle")),
+        running("b", registry, relay_router(), propagate=propagate),
+        Service("a", registry=registry) as a,
+    ):
+        reply = await a.client.call(
+            "b",
+            "Relay.Forward",
+            {"text": "hi"},
+            response_model=Answer,
+            metadata={"tenant": "acme", "secret": "s", "from-service": "admin"},
+        )
+    assert reply.metadata == {**arrives, "from-service": "b"}

@@ -131,7 +131,7 @@ def lab_router(observed: Observed) -> MicroRouter:
             trace=ctx.trace,
             remaining=ctx.remaining(),
             current=current_context() is ctx,
-            onward=dict(ctx.onward().headers()),
+            onward=dict(ctx.onward(propagate=("user",)).headers()),
         )
 
     @lab.rpc()

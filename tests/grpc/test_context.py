@@ -83,7 +83,7 @@ async def test_grpc_metadata_and_micro_headers_make_the_same_context(lab: Lab) -
         assert seen.current  # the context is current while the handler runs
         assert seen.remaining is not None
         assert 4 < seen.remaining <= 5 + 0.005  # gRPC's rounding, as above
-        # An onward call from the handler sends all of it along, with the time left.
+        # An onward call sends the trace, the time left and the keys its allow-list names.
         assert seen.onward["micro-user"] == "ada"
         assert seen.onward["traceparent"] == TRACEPARENT
         assert 4000 < int(seen.onward["micro-timeout"]) <= 5000

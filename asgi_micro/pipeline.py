@@ -1,0 +1,324 @@
+"""One call pipeline for every protocol: decode, wrappers, dependencies, invoke, encode, account.
+
+Every entry point (HTTP unary on the fast path and the FastAPI path, NDJSON and Server-Sent
+Events, WebSocket, gRPC unary and streaming, and event subscribers) decodes its request into a
+``Call`` and runs it through its service's ``Pipeline``: the server wrappers in the order they
+were added, then the handler (its dependencies resolved, within the call's deadline). The entry
+point encodes what comes back in its own protocol. Each entry point also brackets the call with
+``begin()`` and ``end()``, so the service knows what is in flight on every protocol and a drain
+waits for all of it.
+
+A server wrapper is Go Micro's ``HandlerWrapper`` (gRPC's interceptor)::
+
+    async def log_calls(call: Call, next: Next) -> Any:
+        started = time.perf_counter()
+        try:
+            return await next(call)
+        finally:
+            logger.info("%s over %s took %.3fs", call.endpoint, call.protocol,
+                        time.perf_counter() - started)
+
+    service.wrap(log_calls)
+
+It sees every call of the service, with the endpoint's name (``Greeter.Hello``, ``GET
+/items/{item_id}`` for a plain route, the topic for an event), the protocol, the context
+(metadata, deadline, trace) and the decoded request, or for a stream of requests an async
+iterator over them, which it may replace with its own. ``await next(call)`` returns the result:
+the handler's reply; for a stream of replies ``None`` once the last one was written (each goes
+through ``call.write``, which a wrapper may replace to see them); for a plain HTTP route
+``None`` once the route has answered. It raises what the handler raised, or a ``MicroError`` for
+what the route answered with a 4xx or 5xx status. A wrapper short-circuits by raising a
+``MicroError`` (``Forbidden``, ``TooManyRequests``...), which the caller gets in the same shape
+on every protocol, or by returning a reply of its own without calling ``next``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+
+from .context import Context
+
+if TYPE_CHECKING:
+    from .rpc import RPC
+
+__all__ = [
+    "Call",
+    "Host",
+    "Next",
+    "Pipeline",
+    "Stats",
+    "Wrapper",
+    "check_wrapper",
+    "compose",
+    "standalone",
+]
+
+C = TypeVar("C")
+CallProtocol = Literal["http", "websocket", "grpc", "event"]
+
+
+class Call:
+    """One incoming call, as wrappers and the handler's dependencies see it.
+
+    ``endpoint`` is the name the registry lists; ``protocol`` is ``http``, ``websocket``,
+    ``grpc`` or ``event``; ``kind`` is ``unary``, ``server`` (a stream of replies), ``client``
+    (a stream of requests) or ``bidi``; ``content_type`` is the request's media type on the
+    wire (``application/json``, ``application/protobuf``, ``application/grpc``...).
+    ``request`` is the decoded request (``None`` for a plain HTTP route, whose parameters
+    FastAPI reads later) or an async iterator of them; ``write`` sends one reply of a stream.
+    ``state`` is a dict for wrappers to leave things for later wrappers and the handler.
+    """
+
+    __slots__ = (
+        "content_type",
+        "context",
+        "endpoint",
+        "host",
+        "kind",
+        "protocol",
+        "request",
+        "rpc",
+        "state",
+        "write",
+    )
+
+    def __init__(
+        self,
+        endpoint: str,
+        protocol: CallProtocol,
+        context: Context,
+        *,
+        host: Host | None,
+        request: Any = None,
+        kind: str = "unary",
+        content_type: str = "",
+        rpc: RPC | None = None,
+        write: Callable[[Any], Awaitable[None]] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.protocol = protocol
+        self.context = context
+        self.host = host
+        self.request = request
+        self.kind = kind
+        self.content_type = content_type
+        self.rpc = rpc
+        self.write = write or _no_stream
+        self.state: dict[str, Any] = {}
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The call's metadata (``Micro-*`` headers, gRPC ``micro-*`` metadata)."""
+        return self.context.metadata
+
+    def __repr__(self) -> str:
+        return f"Call({self.endpoint!r}, protocol={self.protocol!r}, kind={self.kind!r})"
+
+
+Next = Callable[[Call], Awaitable[Any]]
+"""The rest of the pipeline, as a wrapper calls it: ``await next(call)``."""
+Wrapper = Callable[[Call, Next], Awaitable[Any]]
+"""A server wrapper: ``async def wrapper(call: Call, next: Next) -> Any``."""
+
+
+class Host(Protocol):
+    """What serving code needs of the service it serves: its name, which errors carry as
+    their ``id``, and its pipeline. Handlers' dependencies get the host as it is."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def pipeline(self) -> Pipeline: ...
+
+
+@dataclass(slots=True)
+class Stats:
+    """Calls on every protocol: begun, failed with a server error, and in flight now."""
+
+    started_at: float = 0.0
+    requests: int = 0
+    errors: int = 0
+    in_flight: int = 0
+
+
+class Pipeline:
+    """The wrappers of one service, and what it has in flight.
+
+    ``handler(rpc)`` is the pipeline of one RPC endpoint, composed once: the wrappers, then a
+    handler that resolves the endpoint's dependencies and calls it (a stream of replies goes
+    through ``call.write``). ``run(call, handler)`` runs any other handler (a plain route, an
+    event) through the wrappers. ``begin()`` and ``end()`` bracket every call an entry point
+    takes; ``wait_idle`` waits for the last one to end.
+    """
+
+    def __init__(self, host: Host | None = None) -> None:
+        self.host = host
+        self.wrappers: tuple[Wrapper, ...] = ()
+        self.stats = Stats()
+        self.draining = False
+        self.frozen = False  # set once the service serves: wrappers are in place by then
+        self._handlers: dict[RPC, Next] = {}
+        self._idle: asyncio.Event | None = None
+
+    def wrap(self, wrapper: Wrapper) -> Wrapper:
+        """Add a server wrapper; it runs after those added before it (the first added is
+        the outermost). Usable as a decorator. Wrappers are added before the service starts
+        serving, so that no call ever sees a half-built chain."""
+        if self.frozen:
+            raise RuntimeError("add wrappers before the service starts serving")
+        check_wrapper(wrapper)
+        self.wrappers = (*self.wrappers, wrapper)
+        self._handlers.clear()
+        return wrapper
+
+    # -- running calls ------------------------------------------------------------------------
+
+    def handler(self, rpc: RPC) -> Next:
+        """The pipeline of ``rpc``: its wrappers, then the RPC itself."""
+        found = self._handlers.get(rpc)
+        if found is None:
+            found = self._handlers[rpc] = self.chain(_invoker(rpc, self.host))
+        return found
+
+    def chain(self, handler: Next) -> Next:
+        """``handler`` behind the wrappers."""
+        return compose(self.wrappers, handler)
+
+    async def run(self, call: Call, handler: Next) -> Any:
+        """Run ``call`` through the wrappers, then ``handler``."""
+        if not self.wrappers:
+            return await handler(call)
+        return await compose(self.wrappers, handler)(call)
+
+    # -- accounting ---------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """A call came in, on any protocol."""
+        stats = self.stats
+        stats.requests += 1
+        stats.in_flight += 1
+
+    def end(self, *, failed: bool = False) -> None:
+        """The call ended; ``failed`` when with a server error (5xx)."""
+        stats = self.stats
+        stats.in_flight -= 1
+        if failed:
+            stats.errors += 1
+        if stats.in_flight == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds for the calls in flight to end; how many still run."""
+        if self.stats.in_flight > 0:
+            self._idle = asyncio.Event()
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._idle.wait(), timeout)
+            finally:
+                self._idle = None
+        return self.stats.in_flight
+
+    def reset(self) -> None:
+        """Serving again, after a stop."""
+        self.draining = False
+        self.stats.started_at = time.time()
+
+
+def compose(
+    wrappers: Sequence[Callable[[C, Callable[[C], Awaitable[Any]]], Awaitable[Any]]],
+    handler: Callable[[C], Awaitable[Any]],
+) -> Callable[[C], Awaitable[Any]]:
+    """``handler`` behind ``wrappers``, the first the outermost; for server and client
+    wrappers alike."""
+    for wrapper in reversed(wrappers):
+        handler = _link(wrapper, handler)
+    return handler
+
+
+def _link(
+    wrapper: Callable[[C, Callable[[C], Awaitable[Any]]], Awaitable[Any]],
+    inner: Callable[[C], Awaitable[Any]],
+) -> Callable[[C], Awaitable[Any]]:
+    async def step(call: C) -> Any:
+        return await wrapper(call, inner)
+
+    return step
+
+
+def check_wrapper(wrapper: Any) -> None:
+    """A wrapper is an async callable taking the call and the rest of the pipeline."""
+    if not callable(wrapper):
+        raise TypeError(f"a wrapper is an async callable (call, next), got {wrapper!r}")
+    if not (
+        inspect.iscoroutinefunction(wrapper)
+        or inspect.iscoroutinefunction(getattr(wrapper, "__call__", None))  # noqa: B004
+    ):
+        raise TypeError(f"a wrapper must be async: async def {_name(wrapper)}(call, next)")
+
+
+def _invoker(rpc: RPC, host: Host | None) -> Next:
+    """The innermost step of ``rpc``'s pipeline: dependencies, then the handler."""
+    handler, param, resolvers = rpc.handler, rpc.request_param, rpc.resolvers
+    if rpc.server_streaming:
+
+        async def stream(call: Call) -> None:
+            replies = rpc.stream(rpc.arguments(call.request, host, call.context))
+            try:
+                write = call.write
+                async for reply in replies:
+                    await write(reply)
+            finally:
+                await replies.aclose()
+
+        return stream
+    if rpc.is_async and not resolvers and param is not None:
+        # The common handler, ``async def hello(req: Model) -> Reply``: no dependencies to
+        # resolve, so no arguments to gather.
+        if _takes_request_only(handler):
+
+            async def direct(call: Call) -> Any:
+                return await handler(call.request)
+
+            return direct
+
+        async def by_name(call: Call) -> Any:
+            return await handler(**{param: call.request})
+
+        return by_name
+
+    async def invoke(call: Call) -> Any:
+        return await rpc.invoke(rpc.arguments(call.request, host, call.context))
+
+    return invoke
+
+
+@functools.cache
+def standalone(rpc: RPC) -> Next:
+    """The pipeline of an RPC served with no service (a ``MicroRouter`` in an app that runs
+    without one): no wrappers, no dependencies on a service."""
+    return _invoker(rpc, None)
+
+
+def _takes_request_only(handler: Callable[..., Any]) -> bool:
+    """Whether the handler's one parameter is the request, which it may take by position."""
+    parameters = list(inspect.signature(handler).parameters.values())
+    return len(parameters) == 1 and parameters[0].kind in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    )
+
+
+async def _no_stream(reply: Any) -> None:
+    raise RuntimeError("this call takes one reply: return it from the handler")
+
+
+def _name(value: Any) -> str:
+    return str(getattr(value, "__name__", type(value).__name__))
