@@ -10,17 +10,16 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 
+from .naming import IDEMPOTENT_METHODS
 from .registry import Endpoint
 from .router import ENDPOINT_EXTENSION, rpc_of
 from .rpc import RPC
 
-__all__ = ["IDEMPOTENT_METHODS", "INTERNAL_PREFIX", "endpoints_of", "route_endpoint"]
+__all__ = ["INTERNAL_PREFIX", "endpoints_of", "route_endpoint"]
 
 logger = logging.getLogger(__name__)
 
 INTERNAL_PREFIX = "/_micro"
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
-"""HTTP methods whose requests may be sent twice with the effect of once (RFC 9110)."""
 
 
 def route_endpoint(

@@ -2,7 +2,8 @@
 
 On the wire an error is Go Micro's shape, ``{"id", "code", "detail", "status"}``: ``id`` names
 who raised it (a service name, or ``asgi_micro.client``), ``code`` is the HTTP status code,
-``detail`` is for people and ``status`` is the code's reason phrase. A handler raises one of
+``detail`` is for people and ``status`` is the code's reason phrase. (``CLIENT_ID`` and
+``STORE_ID`` name the client and the store.) A handler raises one of
 these classes; the server renders it and the client raises the same class again.
 
     MicroError
@@ -28,12 +29,15 @@ these classes; the server renders it and the client raises the same class again.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
 import orjson
 
 __all__ = [
+    "CLIENT_ID",
+    "STORE_ID",
     "BadGateway",
     "BadRequest",
     "Conflict",
@@ -54,7 +58,14 @@ __all__ = [
     "Unauthorized",
     "UnsupportedMediaType",
     "error_for_status",
+    "validation_detail",
 ]
+
+
+CLIENT_ID = "asgi_micro.client"
+"""The ``id`` of errors a client raises itself (it could not reach a node, the deadline...)."""
+STORE_ID = "asgi_micro.store"
+"""The ``id`` of errors a store raises (no such record, a lost compare-and-set, bad input)."""
 
 
 class MicroError(Exception):
@@ -102,6 +113,11 @@ class MicroError(Exception):
 
 class BadRequest(MicroError):
     code = 400
+
+    @classmethod
+    def from_validation(cls, exc: Any, *, id: str = "") -> BadRequest:
+        """The error of a ``pydantic.ValidationError``: which fields failed, and why."""
+        return cls(validation_detail(exc.errors(include_url=False)), id=id)
 
 
 class Unauthorized(MicroError):
@@ -211,6 +227,16 @@ _BY_CODE: dict[int, type[MicroError]] = {
         GatewayTimeout,
     )
 }
+
+
+def validation_detail(errors: Sequence[Any], *, skip_prefix: int = 0) -> str:
+    """``"name: Field required; age: Input should be a valid integer"`` from pydantic's (or
+    FastAPI's) list of errors; ``skip_prefix`` leaves out the first parts of each location."""
+    parts = []
+    for error in errors:
+        location = [str(part) for part in error.get("loc", ())][skip_prefix:]
+        parts.append(f"{'.'.join(location) or 'body'}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
 
 
 def error_for_status(code: int) -> type[MicroError]:

@@ -23,9 +23,15 @@ from fastapi.routing import iter_route_contexts
 
 from .context import read_headers, within_deadline
 from .endpoints import INTERNAL_PREFIX
-from .errors import BadRequest, InternalServerError, MicroError, error_for_status
+from .errors import (
+    BadRequest,
+    InternalServerError,
+    MicroError,
+    error_for_status,
+    validation_detail,
+)
 from .internal import Introspectable, serve_internal
-from .responses import send_error, validation_detail
+from .responses import send_error
 from .router import MicroRoute
 from .state import expose
 from .types import ASGIApp, Message, Receive, Scope, Send

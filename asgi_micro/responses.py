@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
-
-from pydantic import ValidationError
 
 from .codec import Codec, codec_for_content_type
 from .errors import (
-    BadRequest,
     InternalServerError,
     MicroError,
     PayloadTooLarge,
@@ -20,14 +16,12 @@ from .types import Receive, Send
 
 __all__ = [
     "DEFAULT_MAX_BODY",
-    "error_from_validation",
     "media_types",
     "read_body",
     "request_codec",
     "send_error",
     "send_failure",
     "send_response",
-    "validation_detail",
 ]
 
 logger = logging.getLogger("asgi_micro")
@@ -114,16 +108,3 @@ async def send_failure(send: Send, exc: Exception, *, error_id: str, name: str) 
         return
     logger.error("%s failed", name, exc_info=exc)
     await send_error(send, InternalServerError(id=error_id))
-
-
-def validation_detail(errors: Sequence[Any], *, skip_prefix: int = 0) -> str:
-    """``"name: Field required; age: Input should be a valid integer"`` from pydantic's errors."""
-    parts = []
-    for error in errors:
-        location = [str(part) for part in error.get("loc", ())][skip_prefix:]
-        parts.append(f"{'.'.join(location) or 'body'}: {error.get('msg', 'invalid')}")
-    return "; ".join(parts) or "invalid request"
-
-
-def error_from_validation(exc: ValidationError, *, id: str) -> BadRequest:
-    return BadRequest(validation_detail(exc.errors(include_url=False)), id=id)

@@ -39,17 +39,17 @@ from .errors import (
     MicroError,
     NotAcceptable,
     error_for_status,
+    validation_detail,
 )
+from .naming import method_name
 from .pipeline import Call, Host, standalone
 from .responses import (
     DEFAULT_MAX_BODY,
-    error_from_validation,
     media_types,
     read_body,
     request_codec,
     send_failure,
     send_response,
-    validation_detail,
 )
 from .rpc import RPC
 from .state import service_of
@@ -97,7 +97,7 @@ class MicroRouter(APIRouter):
         """
 
         def decorator(handler: F) -> F:
-            method = name or _camel(handler.__name__)
+            method = name or method_name(handler.__name__)
             if method in self.rpcs:
                 raise ValueError(f"{self.name}.{method} is defined twice")
             spec = RPC.from_handler(f"{self.name}.{method}", handler, idempotent=idempotent)
@@ -137,7 +137,7 @@ class MicroRouter(APIRouter):
 
     def add_api_route(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         spec: RPC | None = getattr(endpoint, _RPC_ATTRIBUTE, None)
-        endpoint_name = spec.name if spec else f"{self.name}.{_camel(endpoint.__name__)}"
+        endpoint_name = spec.name if spec else f"{self.name}.{method_name(endpoint.__name__)}"
         kwargs["openapi_extra"] = {
             ENDPOINT_EXTENSION: endpoint_name,
             **(kwargs.get("openapi_extra") or {}),
@@ -261,7 +261,7 @@ async def _through_pipeline(
         try:
             decoded = codec.decode(body, rpc.request)
         except ValidationError as exc:
-            raise error_from_validation(exc, id=host.name) from None
+            raise BadRequest.from_validation(exc, id=host.name) from None
         if codec is not JSON:
             # FastAPI reads JSON bodies only: hand it the same request as JSON.
             request._body = JSON.encode(decoded, rpc.request)
@@ -319,7 +319,7 @@ async def serve_rpc(
         try:
             request = codec.decode(body, rpc.request) if rpc.request is not None else None
         except ValidationError as exc:
-            raise error_from_validation(exc, id=error_id) from None
+            raise BadRequest.from_validation(exc, id=error_id) from None
         context = current_context()  # MicroMiddleware's, whose deadline it enforces
         own = context is None
         if context is None:
@@ -359,7 +359,3 @@ def rpc_of(route: Any) -> RPC | None:
     if rpc is None:
         rpc = getattr(getattr(route, "endpoint", None), "rpc", None)
     return rpc if isinstance(rpc, RPC) else None
-
-
-def _camel(name: str) -> str:
-    return "".join(part[:1].upper() + part[1:] for part in name.split("_") if part)

@@ -22,6 +22,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from .codec import JSON, MSGPACK, PROTOBUF, MessageType, preferred
 from .context import Context, current_context, read_headers, within_deadline
 from .errors import (
+    BadRequest,
     InternalServerError,
     MicroError,
     NotAcceptable,
@@ -30,7 +31,6 @@ from .errors import (
 from .pipeline import Call, standalone
 from .responses import (
     DEFAULT_MAX_BODY,
-    error_from_validation,
     media_types,
     read_body,
     request_codec,
@@ -176,7 +176,7 @@ async def serve_stream(
         try:
             request = codec.decode(body, rpc.request) if rpc.request is not None else None
         except ValidationError as exc:
-            raise error_from_validation(exc, id=error_id) from None
+            raise BadRequest.from_validation(exc, id=error_id) from None
         context = current_context()  # MicroMiddleware's, whose deadline it enforces
         own = context is None
         if context is None:
@@ -301,7 +301,7 @@ async def serve_websocket(rpc: RPC, websocket: WebSocket) -> None:
                 else:
                     yield codec.decode(frame, request_type)
             except ValidationError as exc:
-                raise error_from_validation(exc, id=error_id) from None
+                raise BadRequest.from_validation(exc, id=error_id) from None
 
     async def reply(item: Any) -> None:
         if response_type is None:

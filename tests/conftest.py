@@ -1,8 +1,26 @@
+"""Every test sees only its own nodes.
+
+mDNS in tests runs on loopback only, and each test in a domain of its own (``mdns://?domain=``,
+a DNS-SD service type no other test, test run or user's service shares): a greeter running in
+another shell, or the same suite running beside this one, is invisible to it. Subprocesses the
+test starts inherit the domain through ``MICRO_REGISTRY``. Services under test keep their
+records in memory unless a test chooses a store.
+"""
+
 from __future__ import annotations
 
 import os
 
-# Tests never send mDNS anywhere but loopback, whatever the environment says, and services
-# under test keep their records in memory unless a test chooses a store.
+import pytest
+
+from tests.helpers import new_mdns_domain
+
 os.environ.pop("MICRO_REGISTRY", None)
 os.environ["MICRO_STORE"] = "memory://"
+
+
+@pytest.fixture(autouse=True)
+def own_mdns_domain(monkeypatch: pytest.MonkeyPatch) -> str:
+    domain = new_mdns_domain()
+    monkeypatch.setenv("MICRO_REGISTRY", f"mdns://?domain={domain}")
+    return domain

@@ -5,17 +5,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import uvicorn
 
+from asgi_micro.registry.mdns import MDNSRegistry
+
 T = TypeVar("T")
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def new_mdns_domain() -> str:
+    """An mDNS domain nobody else uses: ``t`` and 8 random hex digits."""
+    return f"t{secrets.token_hex(4)}"
+
+
+def mdns_domain() -> str:
+    """The current test's mDNS domain (``MICRO_REGISTRY``, set for every test)."""
+    url = os.environ.get("MICRO_REGISTRY", "")
+    [domain] = parse_qs(urlsplit(url).query).get("domain", [""])
+    assert domain, f"MICRO_REGISTRY names no mDNS domain: {url!r}"
+    return domain
+
+
+def mdns(**options: Any) -> MDNSRegistry:
+    """An mDNS registry on loopback in the current test's domain."""
+    options.setdefault("interfaces", ["127.0.0.1"])
+    return MDNSRegistry(domain=mdns_domain(), **options)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

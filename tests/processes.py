@@ -51,8 +51,10 @@ atexit.register(shutil.rmtree, _BYTECODE, ignore_errors=True)
 
 
 def environment() -> dict[str, str]:
-    """This environment, with the embedded defaults of a fresh shell and records in memory."""
+    """This environment, with the embedded defaults of a fresh shell, the test's own mDNS
+    domain and records in memory."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("MICRO_")}
+    env["MICRO_REGISTRY"] = os.environ["MICRO_REGISTRY"]
     env["MICRO_STORE"] = "memory://"
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPYCACHEPREFIX"] = _BYTECODE

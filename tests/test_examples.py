@@ -5,6 +5,7 @@ finding each other over mDNS on loopback, and the ``asgi-micro`` commands run fr
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -16,7 +17,7 @@ import pytest
 
 from asgi_micro.registry import Service
 from asgi_micro.registry.mdns import MDNSRegistry
-from tests.helpers import eventually
+from tests.helpers import eventually, mdns
 from tests.processes import FRONTEND, GREETER, CommandResult, Server, asgi_micro, serving
 
 pytestmark = pytest.mark.slow
@@ -34,7 +35,7 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 async def observer() -> AsyncIterator[MDNSRegistry]:
     """A registry in the test process, on loopback like the services."""
-    async with MDNSRegistry(interfaces=["127.0.0.1"]) as registry:
+    async with mdns() as registry:
         yield registry
 
 
@@ -54,7 +55,7 @@ def one_version(result: CommandResult) -> dict[str, object]:
 
 
 async def test_greeter_quick_start(http: httpx.AsyncClient) -> None:
-    async with serving(GREETER) as [greeter]:
+    async with serving(GREETER, args=("--log-level", "info")) as [greeter]:
         # The issue's curl request, byte for byte.
         hello = await http.post(
             f"{greeter.url}/greeter/hello",
@@ -73,6 +74,14 @@ async def test_greeter_quick_start(http: httpx.AsyncClient) -> None:
         assert (error["id"], error["code"], error["status"]) == ("greeter", 400, "Bad Request")
         assert "Invalid JSON" in error["detail"]
         node_id = (await http.get(f"{greeter.url}/")).json()["node"]
+        # What it registered, and where, is the first thing it says.
+        [announced] = [line for line in greeter.output().splitlines() if "registered" in line]
+        grpc_port = announced.rpartition(", grpc 127.0.0.1:")[2].partition(" ")[0]
+        assert announced.endswith(
+            f"greeter 1.0.0 registered node {node_id} at {greeter.address}, "
+            f"grpc 127.0.0.1:{grpc_port} in {os.environ['MICRO_REGISTRY']}"
+        )
+        assert grpc_port.isdigit()
 
         direct = ("--address", greeter.address)
         (

@@ -159,3 +159,37 @@ async def test_failed_start_is_reported() -> None:
     service.attach(FastAPI())
     with pytest.raises(ValueError, match="host:port"):
         await service.start()
+
+
+async def test_stopping_one_service_leaves_the_others_in_a_shared_registry() -> None:
+    registry = MemoryRegistry()
+    first = Service("first", registry=registry, address="127.0.0.1:8101", grpc=False)
+    second = Service("second", registry=registry, address="127.0.0.1:8102", grpc=False)
+    for service in (first, second):
+        service.attach(FastAPI())
+    async with second:
+        async with first:
+            assert {s.name for s in await registry.list_services()} == {"first", "second"}
+        # The registry was given, not made: stopping first withdraws its node and no more.
+        assert [s.name for s in await registry.list_services()] == ["second"]
+    assert await registry.list_services() == []
+
+
+async def test_a_part_that_fails_to_start_stops_those_started_before_it() -> None:
+    store = "memory://"
+    service = Service("partial", registry=MemoryRegistry(), store=store, address="nope", grpc=False)
+    service.attach(FastAPI())
+    with pytest.raises(ValueError, match="host:port"):
+        await service.start()
+    assert service.status == "stopped"
+    with pytest.raises(RuntimeError, match="not started"):
+        await service.store.read("k")
+    service.registrar.address = "127.0.0.1:8103"
+    async with service:  # and it can start once the address is right
+        assert service.status == "serving"
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MICRO_PROPAGATE", "Tenant, request-id")
+    assert Service("envy").propagate == ("tenant", "request-id")
+    assert Service("envy", propagate=["*"]).propagate == ("*",)

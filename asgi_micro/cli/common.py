@@ -22,9 +22,10 @@ __all__ = [
     "print_json",
 ]
 
-# What these print is data (names, metadata, schemas such as "map[string]string"): never markup.
-console = Console(markup=False)
-errors = Console(stderr=True, markup=False)
+# What these print is data (names, metadata, schemas such as "map[string]string"): never markup,
+# and never a line broken at the terminal's width (scripts read it; people copy it).
+console = Console(markup=False, soft_wrap=True)
+errors = Console(stderr=True, markup=False, soft_wrap=True)
 
 RegistryOption = Annotated[
     str,

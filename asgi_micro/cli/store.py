@@ -15,14 +15,13 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from ..errors import MicroError
 from ..plugins import MissingDependency
 from ..store import DEFAULT_DATABASE, DEFAULT_TABLE, DEFAULT_URL, Record, Store, from_url
-from .common import JsonOption, MetadataOption, pairs, print_json
+from .common import JsonOption, MetadataOption, console, errors, pairs, print_json
 
 __all__ = ["app"]
 
@@ -31,8 +30,6 @@ T = TypeVar("T")
 app = typer.Typer(
     help="Read and write the records of a store.", no_args_is_help=True, add_completion=False
 )
-console = Console()
-errors = Console(stderr=True)
 
 StoreOption = Annotated[
     str,

@@ -31,6 +31,7 @@ from pydantic import BaseModel
 from ..codec import JSON, MessageType, codec_for_content_type, message_type
 from ..context import Context, current_context
 from ..errors import (
+    CLIENT_ID,
     BadGateway,
     ConnectionFailed,
     ConnectionLost,
@@ -38,6 +39,7 @@ from ..errors import (
     ServiceUnavailable,
     Timeout,
 )
+from ..naming import default_path
 from ..pipeline import check_wrapper, compose
 from ..registry import Node, Registry
 from ..registry import Service as ServiceRecord
@@ -52,12 +54,10 @@ if TYPE_CHECKING:
     from .grpc import GrpcTransport
 
 __all__ = ["CLIENT_ID", "Client", "ClientCall", "ClientNext", "ClientWrapper"]
+# CLIENT_ID stays importable from here, where it always was.
 
 T = TypeVar("T")
 Transport = Literal["http", "grpc"]
-
-CLIENT_ID = "asgi_micro.client"
-"""The ``id`` of errors the client raises itself."""
 
 
 class Client:
@@ -609,11 +609,7 @@ def _route(endpoint: str, records: list[ServiceRecord]) -> tuple[str, str, bool]
                     metadata["path"],
                     metadata.get("idempotent") == "true",
                 )
-    router, _, method = endpoint.rpartition(".")
-    if not router or not method:
-        raise ValueError(f"an endpoint is named '<Router>.<Method>', got {endpoint!r}")
-    snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in method).lstrip("_")
-    return "POST", f"/{router.lower()}/{snake}", False
+    return "POST", default_path(endpoint), False
 
 
 def _error_from(status: int, body: bytes, service: str) -> MicroError:

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 import httpx
 
 from ..context import TIMEOUT_HEADER
-from ..endpoints import IDEMPOTENT_METHODS
 from ..errors import MicroError
+from ..naming import IDEMPOTENT_METHODS
 from ..registry import Node
 from .calls import ClientCall
 from .httpx_transport import PooledTransport, httpx_error

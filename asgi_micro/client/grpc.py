@@ -34,11 +34,12 @@ from google.protobuf import descriptor_pb2, descriptor_pool, json_format, messag
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from .. import errors
 from ..codec import message_type
 from ..errors import (
+    CLIENT_ID,
     BadGateway,
     BadRequest,
     ConnectionFailed,
@@ -51,7 +52,6 @@ from ..protobuf import MessageConverter, ProtoSchemaError, message_converter, pr
 
 __all__ = ["GrpcTransport", "method_path"]
 
-CLIENT_ID = "asgi_micro.client"
 _DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 _RESERVED_METADATA = frozenset(("micro-timeout", "content-type", "accept"))
 _NOT_CONNECTED = "failed to connect to all addresses"
@@ -156,7 +156,7 @@ class GrpcTransport:
         node = await self._connected(address, deadline)
         encode, decode = await self._codec(node, method, type(request), response_model, deadline)
         call = node.callable("unary_unary", method)(
-            _encode(encode, request), timeout=_left(deadline), metadata=_metadata(metadata)
+            _encode(encode, request, service), timeout=_left(deadline), metadata=_metadata(metadata)
         )
         return await _reply(node, call, decode, service)
 
@@ -176,7 +176,7 @@ class GrpcTransport:
         node = await self._connected(address, deadline)
         encode, decode = await self._codec(node, method, type(request), response_model, deadline)
         call = node.callable("unary_stream", method)(
-            _encode(encode, request), timeout=_left(deadline), metadata=_metadata(metadata)
+            _encode(encode, request, service), timeout=_left(deadline), metadata=_metadata(metadata)
         )
         async for reply in self._replies(node, call, decode, service):
             yield reply
@@ -199,7 +199,9 @@ class GrpcTransport:
         node = await self._connected(address, deadline)
         encode, decode = await self._codec(node, method, request_model, response_model, deadline)
         call = node.callable("stream_unary", method)(
-            _encoded(encode, requests), timeout=_left(deadline), metadata=_metadata(metadata)
+            _encoded(encode, requests, service),
+            timeout=_left(deadline),
+            metadata=_metadata(metadata),
         )
         return await _reply(node, call, decode, service)
 
@@ -220,7 +222,9 @@ class GrpcTransport:
         node = await self._connected(address, deadline)
         encode, decode = await self._codec(node, method, request_model, response_model, deadline)
         call = node.callable("stream_stream", method)(
-            _encoded(encode, requests), timeout=_left(deadline), metadata=_metadata(metadata)
+            _encoded(encode, requests, service),
+            timeout=_left(deadline),
+            metadata=_metadata(metadata),
         )
         async for reply in self._replies(node, call, decode, service):
             yield reply
@@ -413,7 +417,7 @@ def _encoder(model: Any, remote: type[Message] | None, method: str) -> Encode:
             return encode
     if remote is None:
         return functools.partial(_serialize_generated, method)
-    return functools.partial(_serialize, remote)
+    return functools.partial(_serialize, remote, _shape_of(remote.DESCRIPTOR))
 
 
 def _decoder(model: Any, remote: type[Message] | None, method: str) -> Decode:
@@ -442,17 +446,63 @@ def _decoder(model: Any, remote: type[Message] | None, method: str) -> Decode:
     return lambda data: _to_dict(remote.FromString(data))
 
 
-def _serialize(remote: type[Message], value: Any) -> bytes:
+def _serialize(remote: type[Message], shape: type[BaseModel], value: Any) -> bytes:
+    """``value`` as the bytes of the ``remote`` message. A dict (or a model of another shape)
+    is first validated as the server validates it, field by field (so a wrong value reads as
+    the server's own error would: ``name: Input should be a valid string``), then mapped onto
+    the message by name; what the message has no field for is left out, as the server's model
+    leaves it out over HTTP."""
     if isinstance(value, Message):
         return value.SerializeToString()
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
     try:
-        return json_format.ParseDict(value, remote()).SerializeToString()
+        checked = shape.model_validate(value).model_dump(mode="json", exclude_none=True)
+    except ValidationError as exc:
+        raise BadRequest.from_validation(exc) from None  # the service's id: see _encode
+    try:
+        return json_format.ParseDict(checked, remote()).SerializeToString()
     except (json_format.ParseError, TypeError, AttributeError) as exc:
         raise BadRequest(
             f"the request is not a {remote.DESCRIPTOR.full_name}: {exc}", id=CLIENT_ID
         ) from exc
+
+
+@functools.cache
+def _shape_of(descriptor: Any) -> type[BaseModel]:
+    """A pydantic model of a message's fields as its JSON mapping holds them (every field
+    optional, as in proto3; unknown keys ignored), to validate a dict against."""
+    fields: dict[str, Any] = {}
+    for field in descriptor.fields:
+        fields[field.name] = (_json_type(field) | None, None)
+    model: type[BaseModel] = create_model(
+        descriptor.name, __config__=ConfigDict(extra="ignore"), **fields
+    )
+    return model
+
+
+def _json_type(field: Any) -> Any:
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        message = field.message_type
+        if message.GetOptions().map_entry:
+            key, value = message.fields_by_name["key"], message.fields_by_name["value"]
+            return dict[_json_type(key), _json_type(value)]  # type: ignore[misc]
+        # Well-known types have JSON forms of their own (a Timestamp is a string): json_format
+        # checks those.
+        single = Any if message.full_name.startswith("google.protobuf.") else _shape_of(message)
+    else:
+        single = _SCALARS.get(field.type, int)
+    return list[single] if field.is_repeated else single  # type: ignore[valid-type]
+
+
+_SCALARS: dict[int, Any] = {
+    FieldDescriptor.TYPE_STRING: str,
+    FieldDescriptor.TYPE_BYTES: str,  # base64 in JSON
+    FieldDescriptor.TYPE_BOOL: bool,
+    FieldDescriptor.TYPE_DOUBLE: float,
+    FieldDescriptor.TYPE_FLOAT: float,
+    FieldDescriptor.TYPE_ENUM: str | int,  # the value's name or number
+}
 
 
 def _serialize_generated(method: str, value: Any) -> bytes:
@@ -515,10 +565,15 @@ def _to_dict(message: Message) -> dict[str, Any]:
     )
 
 
-def _encode(encode: Encode, request: Any) -> bytes:
+def _encode(encode: Encode, request: Any, service: str = "") -> bytes:
     if request is None:
         return b""  # every field at its default: a valid message of any type
-    return encode(request)
+    try:
+        return encode(request)
+    except BadRequest as exc:
+        # Refused by the method's own message: the service's error, as it reads over HTTP.
+        exc.id = exc.id or service
+        raise
 
 
 async def _reply(node: _Node, call: Any, decode: Decode, service: str) -> Any:
@@ -542,14 +597,14 @@ def _decode(decode: Decode, data: bytes) -> Any:
 
 
 async def _encoded(
-    encode: Encode, requests: AsyncIterable[Any] | Iterable[Any]
+    encode: Encode, requests: AsyncIterable[Any] | Iterable[Any], service: str
 ) -> AsyncIterator[bytes]:
     if isinstance(requests, AsyncIterable):
         async for request in requests:
-            yield _encode(encode, request)
+            yield _encode(encode, request, service)
     else:
         for request in requests:
-            yield _encode(encode, request)
+            yield _encode(encode, request, service)
 
 
 def _metadata(pairs: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:

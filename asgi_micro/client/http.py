@@ -34,7 +34,7 @@ from asgi_micro import errors
 
 __all__ = ["HTTPTransport", "Headers", "Response", "StreamingResponse"]
 
-_ID = "asgi_micro.client"
+_ID = errors.CLIENT_ID
 _BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
 # Computed from the body, so a caller's copy could only contradict it.
 _FRAMING_HEADERS = frozenset((b"content-length", b"transfer-encoding"))

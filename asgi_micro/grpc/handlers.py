@@ -24,10 +24,9 @@ import grpc
 from pydantic import ValidationError
 
 from ..context import Context, read_metadata, within_deadline
-from ..errors import InternalServerError, MicroError
+from ..errors import BadRequest, InternalServerError, MicroError
 from ..pipeline import Call
 from ..protobuf import MessageConverter
-from ..responses import error_from_validation
 from ..rpc import RPC
 from .status import error_metadata, status_for
 
@@ -132,7 +131,7 @@ class _Method:
                 try:
                     request = self.decode(incoming)
                 except ValidationError as exc:
-                    failed = self.fail(call, error_from_validation(exc, id=self.error_id))
+                    failed = self.fail(call, BadRequest.from_validation(exc, id=self.error_id))
                     return None
             context = CallContext(call, call.time_remaining())
             context.activate()  # until the call's task ends
@@ -173,7 +172,7 @@ class _Method:
                 try:
                     yield decode(data)
                 except ValidationError as exc:
-                    raise error_from_validation(exc, id=error_id) from None
+                    raise BadRequest.from_validation(exc, id=error_id) from None
 
         return requests()
 

@@ -1,6 +1,9 @@
 """Discovery over multicast DNS (zeroconf): the embedded default, no server to run.
 
-Every node is one DNS-SD instance of ``_micro._tcp.local.``: its SRV and A records give the
+Every node is one DNS-SD instance of ``_micro._tcp.local.`` (``_<domain>._tcp.local.`` in
+another domain, ``mdns://?domain=staging``: registries see only the nodes of their own domain,
+so separate systems, or test runs, share a machine without seeing each other's nodes). Its SRV
+and A records give the
 address, its TXT record the service name, version, node id, metadata, a revision hash and, when
 they fit, the endpoints. What does not fit is fetched from the node itself at
 ``GET http://<node address>/_micro/registry``. Records carry the registration's TTL: a node that
@@ -19,6 +22,7 @@ import ipaddress
 import itertools
 import logging
 import math
+import re
 import zlib
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
@@ -44,11 +48,14 @@ from .base import Event, EventType, Node, Registry, Service
 if TYPE_CHECKING:
     from ..plugins import Parts
 
-__all__ = ["DEFAULT_TTL", "REGISTRY_PATH", "SERVICE_TYPE", "MDNSRegistry"]
+__all__ = ["DEFAULT_DOMAIN", "DEFAULT_TTL", "REGISTRY_PATH", "SERVICE_TYPE", "MDNSRegistry"]
 
 logger = logging.getLogger(__name__)
 
-SERVICE_TYPE = "_micro._tcp.local."
+DEFAULT_DOMAIN = "micro"
+SERVICE_TYPE = f"_{DEFAULT_DOMAIN}._tcp.local."
+"""The DNS-SD service type of the default domain."""
+_DOMAIN = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){0,14}")  # RFC 6335 service names
 DEFAULT_TTL = 120.0  # RFC 6762's TTL for host records; used when register() gets ttl=None
 REGISTRY_PATH = "/_micro/registry"  # where a node serves its own record, for what TXT cannot hold
 
@@ -59,7 +66,7 @@ _FETCH_TIMEOUT = 1.0
 _FETCH_RETRY = 5.0  # seconds before a node whose fetch failed is asked again
 _LOOPBACK = "127.0.0.1"
 _ALL = "0.0.0.0"
-_OPTIONS = ("interfaces", "timeout", "fetch_timeout")
+_OPTIONS = ("interfaces", "timeout", "fetch_timeout", "domain")
 # RFC 6763 section 6.2 advises TXT records under 1300 bytes, so that with the PTR, SRV and A
 # records an answer still fits one 1460-byte packet.
 _TXT_BUDGET = 1300
@@ -102,7 +109,9 @@ class MDNSRegistry(Registry):
     left out they follow the first use: a registered node's address (a loopback node stays on
     loopback, another address adds loopback for local tools), or loopback alone for a pure client.
     A fresh registry waits up to ``browse_timeout`` seconds for answers; fetching what a TXT record
-    cannot hold from a node takes at most ``fetch_timeout`` seconds.
+    cannot hold from a node takes at most ``fetch_timeout`` seconds. ``domain`` (1 to 15
+    lower-case letters, digits and inner hyphens) separates systems on one network: a registry
+    sees the nodes of its own domain only.
     """
 
     def __init__(
@@ -111,15 +120,23 @@ class MDNSRegistry(Registry):
         interfaces: Sequence[str] | None = None,
         browse_timeout: float = _BROWSE_TIMEOUT,
         fetch_timeout: float = _FETCH_TIMEOUT,
+        domain: str = DEFAULT_DOMAIN,
     ) -> None:
         if browse_timeout < 0:
             raise ValueError(f"browse_timeout must be >= 0 seconds, got {browse_timeout}")
         if fetch_timeout <= 0:
             raise ValueError(f"fetch_timeout must be > 0 seconds, got {fetch_timeout}")
+        if not _DOMAIN.fullmatch(domain):
+            raise ValueError(
+                "an mDNS domain is 1 to 15 lower-case letters, digits and hyphens (not at either "
+                f"end, never two in a row), got {domain!r}"
+            )
         self._configured = _check_interfaces(interfaces)
         self.browse_timeout = browse_timeout
         self.fetch_timeout = fetch_timeout
-        self.url = _url(self._configured, browse_timeout, fetch_timeout)
+        self.domain = domain
+        self.service_type = f"_{domain}._tcp.local."
+        self.url = _url(self._configured, browse_timeout, fetch_timeout, domain)
         self._zeroconf: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
         self._interfaces: list[str] | None = None
@@ -155,6 +172,7 @@ class MDNSRegistry(Registry):
             interfaces=listed.split(",") if listed else None,
             browse_timeout=_seconds(options, "timeout", _BROWSE_TIMEOUT),
             fetch_timeout=_seconds(options, "fetch_timeout", _FETCH_TIMEOUT),
+            domain=options.get("domain", DEFAULT_DOMAIN),
         )
 
     @property
@@ -201,7 +219,7 @@ class MDNSRegistry(Registry):
             raise ValueError(f"ttl must be positive, got {ttl}")
         record_ttl = math.ceil(ttl or DEFAULT_TTL)  # DNS TTLs are whole seconds
         for node in service.nodes:
-            info = _service_info(service, node, record_ttl)
+            info = _service_info(service, node, record_ttl, self.service_type)
             zeroconf = self._open(_interfaces_for(node.host))
             previous = self._registered.get(node.id)
             # Leased before the announcement is awaited: a heartbeat that comes meanwhile
@@ -406,7 +424,7 @@ class MDNSRegistry(Registry):
         # that share the port on this host, maybe not the one that asked.
         self._browser = AsyncServiceBrowser(
             zeroconf.zeroconf,
-            SERVICE_TYPE,
+            self.service_type,
             handlers=[self._on_browse],
             question_type=DNSQuestionType.QM,
         )
@@ -471,7 +489,7 @@ class MDNSRegistry(Registry):
         cache = self._zeroconf.zeroconf.cache
         pointers = [
             record
-            for record in cache.async_entries_with_name(SERVICE_TYPE)
+            for record in cache.async_entries_with_name(self.service_type)
             if isinstance(record, DNSPointer) and record.alias.lower() == instance.lower()
         ]
         cache.async_remove_records([*pointers, *cache.async_entries_with_name(instance)])
@@ -498,7 +516,7 @@ def _drop_pending_answers(zc: Zeroconf, info: AsyncServiceInfo) -> None:
 # -- the TXT record ---------------------------------------------------------------------------
 
 
-def _service_info(service: Service, node: Node, ttl: int) -> AsyncServiceInfo:
+def _service_info(service: Service, node: Node, ttl: int, service_type: str) -> AsyncServiceInfo:
     try:
         port = node.port
     except ValueError:
@@ -507,8 +525,8 @@ def _service_info(service: Service, node: Node, ttl: int) -> AsyncServiceInfo:
         raise ValueError(f"node {node.id!r} has address {node.address!r}; expected host:port")
     instance = _instance_name(node.id)
     return AsyncServiceInfo(
-        SERVICE_TYPE,
-        f"{instance}.{SERVICE_TYPE}",
+        service_type,
+        f"{instance}.{service_type}",
         port=port,
         properties=_encode_txt(service, node),
         server=f"{instance}.local.",  # one host name per node: a goodbye must not take others' A
@@ -713,8 +731,12 @@ def _seconds(options: dict[str, str], name: str, default: float) -> float:
         raise ValueError(f"mdns:// option {name} must be seconds, got {options[name]!r}") from None
 
 
-def _url(interfaces: list[str] | None, browse_timeout: float, fetch_timeout: float) -> str:
+def _url(
+    interfaces: list[str] | None, browse_timeout: float, fetch_timeout: float, domain: str
+) -> str:
     options: dict[str, str] = {}
+    if domain != DEFAULT_DOMAIN:
+        options["domain"] = domain
     if interfaces is not None:
         options["interfaces"] = ",".join(interfaces)
     if browse_timeout != _BROWSE_TIMEOUT:

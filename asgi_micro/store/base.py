@@ -28,7 +28,7 @@ import orjson
 from pydantic_core import PydanticSerializationError
 
 from ..codec import JSON, MessageType
-from ..errors import BadRequest, Conflict, NotFound, PayloadTooLarge
+from ..errors import STORE_ID, BadRequest, Conflict, NotFound, PayloadTooLarge
 
 if TYPE_CHECKING:
     from ..plugins import Parts
@@ -166,7 +166,7 @@ class Store(ABC):
             key = _check_key(key)
             record = await self._read_key(key, time.time())
             if record is None:
-                raise NotFound(f"no record {key!r} in {self._database}/{self._table}")
+                raise NotFound(f"no record {key!r} in {self._database}/{self._table}", id=STORE_ID)
             return [record] if limit != 0 and offset == 0 else []
         _check_text("key", key)
         return await self._read_range(
@@ -191,19 +191,21 @@ class Store(ABC):
         now = time.time()
         if isinstance(record, Record):
             if value is not None:
-                raise BadRequest("pass either a Record or a key and a value, not both")
+                raise BadRequest("pass either a Record or a key and a value, not both", id=STORE_ID)
             key, value = record.key, record.value
             metadata = record.metadata if metadata is None else metadata
             expires_at = record.expires_at if ttl is None else _expiry(ttl, now)
             if expires_at is not None:
                 if not _is_number(expires_at):
-                    raise BadRequest(f"expires_at must be Unix time in seconds, got {expires_at!r}")
+                    raise BadRequest(
+                        f"expires_at must be Unix time in seconds, got {expires_at!r}", id=STORE_ID
+                    )
                 if expires_at <= now:
-                    raise BadRequest(f"record {key!r} expired before it was written")
+                    raise BadRequest(f"record {key!r} expired before it was written", id=STORE_ID)
         else:
             key = record
             if value is None:
-                raise BadRequest(f"no value given for key {key!r}")
+                raise BadRequest(f"no value given for key {key!r}", id=STORE_ID)
             expires_at = _expiry(ttl, now)
         key = _check_key(key)
         value = self._check_value(key, value)
@@ -222,7 +224,9 @@ class Store(ABC):
         if if_version is not None:
             _check_version(if_version)
             if if_version == ABSENT:
-                raise BadRequest("if_version=ABSENT cannot delete: it expects no record")
+                raise BadRequest(
+                    "if_version=ABSENT cannot delete: it expects no record", id=STORE_ID
+                )
         return await self._delete(key, if_version, time.time())
 
     async def list(
@@ -252,7 +256,9 @@ class Store(ABC):
         try:
             encoded = JSON.encode(value)
         except (TypeError, orjson.JSONEncodeError, PydanticSerializationError) as exc:
-            raise BadRequest(f"value for key {key!r} cannot be stored as JSON: {exc}") from exc
+            raise BadRequest(
+                f"value for key {key!r} cannot be stored as JSON: {exc}", id=STORE_ID
+            ) from exc
         return await self.write(key, encoded, ttl=ttl, metadata=metadata, if_version=if_version)
 
     @overload
@@ -279,11 +285,13 @@ class Store(ABC):
         elif not isinstance(value, bytes):
             raise BadRequest(
                 f"value for key {key!r} must be bytes, got {type(value).__name__}; "
-                "use write_json for other values"
+                "use write_json for other values",
+                id=STORE_ID,
             )
         if len(value) > self.max_value_size:
             raise PayloadTooLarge(
-                f"value for key {key!r} is {len(value)} bytes; the limit is {self.max_value_size}"
+                f"value for key {key!r} is {len(value)} bytes; the limit is {self.max_value_size}",
+                id=STORE_ID,
             )
         return value
 
@@ -292,7 +300,8 @@ class Store(ABC):
         wanted = "no record" if expected == ABSENT else f"version {expected}"
         actual = "none" if found is None else f"version {found}"
         return Conflict(
-            f"{self._database}/{self._table} key {key!r}: expected {wanted}, found {actual}"
+            f"{self._database}/{self._table} key {key!r}: expected {wanted}, found {actual}",
+            id=STORE_ID,
         )
 
     # What a backend implements. Arguments are validated; ``now`` is Unix time in seconds and
@@ -347,31 +356,37 @@ def _message_type(type_: Any) -> MessageType:
 def _check_text(what: str, text: object) -> str:
     """Text that every engine stores and compares as UTF-8."""
     if not isinstance(text, str):
-        raise BadRequest(f"store {what} must be a str, got {type(text).__name__}")
+        raise BadRequest(f"store {what} must be a str, got {type(text).__name__}", id=STORE_ID)
     if "\x00" in text:
-        raise BadRequest(f"store {what} {text!r} contains a NUL character")
+        raise BadRequest(f"store {what} {text!r} contains a NUL character", id=STORE_ID)
     try:
         text.encode()
     except UnicodeEncodeError as exc:
-        raise BadRequest(f"store {what} {text!r} is not valid Unicode: {exc.reason}") from exc
+        raise BadRequest(
+            f"store {what} {text!r} is not valid Unicode: {exc.reason}", id=STORE_ID
+        ) from exc
     return text
 
 
 def _check_key(key: object) -> str:
     key = _check_text("key", key)
     if not key:
-        raise BadRequest("store key must not be empty")
+        raise BadRequest("store key must not be empty", id=STORE_ID)
     if len(key.encode()) > MAX_KEY_SIZE:
-        raise BadRequest(f"store key {key[:32]!r}... is over {MAX_KEY_SIZE} bytes of UTF-8")
+        raise BadRequest(
+            f"store key {key[:32]!r}... is over {MAX_KEY_SIZE} bytes of UTF-8", id=STORE_ID
+        )
     return key
 
 
 def _check_name(what: str, name: str) -> str:
     _check_text(f"{what} name", name)
     if not name:
-        raise BadRequest(f"store {what} name must not be empty")
+        raise BadRequest(f"store {what} name must not be empty", id=STORE_ID)
     if len(name.encode()) > MAX_NAME_SIZE:
-        raise BadRequest(f"store {what} name {name[:32]!r}... is over {MAX_NAME_SIZE} bytes")
+        raise BadRequest(
+            f"store {what} name {name[:32]!r}... is over {MAX_NAME_SIZE} bytes", id=STORE_ID
+        )
     return name
 
 
@@ -379,12 +394,14 @@ def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
     if not metadata:
         return {}
     if not isinstance(metadata, Mapping):
-        raise BadRequest(f"metadata must be a mapping of str to str, got {type(metadata).__name__}")
+        raise BadRequest(
+            f"metadata must be a mapping of str to str, got {type(metadata).__name__}", id=STORE_ID
+        )
     checked = {}
     for name, text in metadata.items():
         checked[_check_text("metadata key", name)] = _check_text(f"metadata {name!r}", text)
     if len(orjson.dumps(checked)) > MAX_METADATA_SIZE:
-        raise PayloadTooLarge(f"metadata is over {MAX_METADATA_SIZE} bytes of JSON")
+        raise PayloadTooLarge(f"metadata is over {MAX_METADATA_SIZE} bytes of JSON", id=STORE_ID)
     return checked
 
 
@@ -392,9 +409,9 @@ def _expiry(ttl: float | None, now: float) -> float | None:
     if ttl is None:
         return None
     if not _is_number(ttl):
-        raise BadRequest(f"ttl must be a number of seconds, got {ttl!r}")
+        raise BadRequest(f"ttl must be a number of seconds, got {ttl!r}", id=STORE_ID)
     if ttl <= 0:
-        raise BadRequest(f"ttl must be positive, got {ttl!r}")
+        raise BadRequest(f"ttl must be positive, got {ttl!r}", id=STORE_ID)
     return now + ttl
 
 
@@ -404,12 +421,12 @@ def _is_number(value: object) -> bool:
 
 def _check_version(version: object) -> None:
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-        raise BadRequest(f"if_version must be an int >= 0, got {version!r}")
+        raise BadRequest(f"if_version must be an int >= 0, got {version!r}", id=STORE_ID)
 
 
 def _check_page(limit: object, offset: object) -> tuple[int | None, int]:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise BadRequest(f"limit must be an int >= 0 or None, got {limit!r}")
+        raise BadRequest(f"limit must be an int >= 0 or None, got {limit!r}", id=STORE_ID)
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise BadRequest(f"offset must be an int >= 0, got {offset!r}")
+        raise BadRequest(f"offset must be an int >= 0, got {offset!r}", id=STORE_ID)
     return limit, offset

@@ -30,7 +30,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from ..errors import ServiceUnavailable
+from ..errors import STORE_ID, ServiceUnavailable
 from .base import ABSENT, DEFAULT_DATABASE, DEFAULT_TABLE, MAX_VALUE_SIZE, Record, Store
 
 if TYPE_CHECKING:
@@ -448,7 +448,9 @@ class SQLStore(Store):
                 for slot in slots:
                     await slot.connection.close()
                 if isinstance(exc, (*shared.errors, OSError)):
-                    raise ServiceUnavailable(f"store {self.url} cannot start: {exc}") from exc
+                    raise ServiceUnavailable(
+                        f"store {self.url} cannot start: {exc}", id=STORE_ID
+                    ) from exc
                 raise
             shared.sweeper = asyncio.create_task(
                 self._sweep_forever(), name="asgi_micro.store.sweep"
@@ -501,7 +503,7 @@ class SQLStore(Store):
             return await slot.fetch(sql, *args)
         except shared.errors as exc:
             slot.broken = shared.is_broken(slot.driver, exc)
-            raise ServiceUnavailable(f"store {self.url}: {exc}") from exc
+            raise ServiceUnavailable(f"store {self.url}: {exc}", id=STORE_ID) from exc
         finally:
             pool.release(slot)
 

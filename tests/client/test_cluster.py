@@ -30,7 +30,7 @@ from asgi_micro.client.selector import (
 )
 from asgi_micro.registry import Node
 from asgi_micro.registry.mdns import MDNSRegistry
-from tests.helpers import eventually, free_port
+from tests.helpers import eventually, free_port, mdns
 
 pytestmark = pytest.mark.slow
 
@@ -113,7 +113,7 @@ async def cluster() -> AsyncIterator[Cluster]:
 
 @pytest.fixture
 async def registry() -> AsyncIterator[MDNSRegistry]:
-    async with MDNSRegistry(interfaces=["127.0.0.1"]) as registry:
+    async with mdns() as registry:
         yield registry
 
 

@@ -14,8 +14,8 @@ from contextlib import AbstractAsyncContextManager as AsyncContextManager
 import pytest
 
 from asgi_micro.registry import Registry
-from asgi_micro.registry.mdns import MDNSRegistry
 from asgi_micro.registry.memory import MemoryRegistry
+from tests.helpers import mdns
 
 
 @contextlib.asynccontextmanager
@@ -29,8 +29,8 @@ async def memory_pair() -> AsyncIterator[tuple[Registry, Registry]]:
 async def mdns_pair() -> AsyncIterator[tuple[Registry, Registry]]:
     """Two zeroconf instances on loopback, as two processes on one machine would be."""
     async with (
-        MDNSRegistry(interfaces=["127.0.0.1"]) as registry,
-        MDNSRegistry(interfaces=["127.0.0.1"]) as observer,
+        mdns() as registry,
+        mdns() as observer,
     ):
         yield registry, observer
 

@@ -8,6 +8,7 @@ again every HEARTBEAT seconds, and on a line on stdin (or its end) deregisters a
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 from asgi_micro.registry import Node, Service
@@ -22,7 +23,7 @@ async def heartbeat(registry: MDNSRegistry, service: Service, ttl: float, every:
 
 async def main(name: str, node_id: str, address: str, ttl: float, every: float) -> None:
     service = Service(name=name, version="1.0.0", nodes=[Node(id=node_id, address=address)])
-    async with MDNSRegistry() as registry:
+    async with MDNSRegistry.from_url(os.environ["MICRO_REGISTRY"]) as registry:
         await registry.register(service, ttl=ttl)
         print("registered", ",".join(registry.interfaces or []), flush=True)
         beating = asyncio.create_task(heartbeat(registry, service, ttl, every))

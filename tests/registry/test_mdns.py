@@ -32,7 +32,7 @@ from asgi_micro.registry.mdns import (
     _instance_name,
     _interfaces_for,
 )
-from tests.helpers import eventually, free_port, serve
+from tests.helpers import eventually, free_port, mdns_domain, new_mdns_domain, serve
 from tests.registry.test_conformance import make_service, node_ids, unique
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +40,7 @@ LOOPBACK = ["127.0.0.1"]
 
 
 def loopback_registry(**options: float) -> MDNSRegistry:
-    return MDNSRegistry(interfaces=LOOPBACK, **options)
+    return MDNSRegistry(interfaces=LOOPBACK, domain=mdns_domain(), **options)
 
 
 async def ids_of(registry: MDNSRegistry, name: str) -> set[str]:
@@ -323,7 +323,7 @@ async def test_registration_carries_its_ttl() -> None:
             async def record_ttl(expected: int = expected) -> bool:
                 # zeroconf's cache holds the TXT record as the network delivered it
                 assert observer._zeroconf is not None
-                instance = f"{_instance_name(service.nodes[0].id)}._micro._tcp.local."
+                instance = f"{_instance_name(service.nodes[0].id)}.{observer.service_type}"
                 records = observer._zeroconf.zeroconf.cache.async_entries_with_name(instance)
                 return {r.ttl for r in records if isinstance(r, DNSText)} == {expected}
 
@@ -441,11 +441,38 @@ def test_from_url(
         ("mdns://127.0.0.1?interfaces=127.0.0.1", "not both"),
         ("mdns://?interfaces=0.0.0.0,127.0.0.1", "cannot be listed with others"),
         ("mdns://?interfaces", "bad query field"),
+        ("mdns://?domain=Micro", "lower-case letters"),
+        ("mdns://?domain=-edge", "not at either end"),
+        ("mdns://?domain=two--hyphens", "never two in a row"),
+        ("mdns://?domain=sixteen-letters0", "1 to 15"),
     ],
 )
 def test_invalid_url(url: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         MDNSRegistry.from_url(url)
+
+
+def test_a_domain_is_its_own_service_type() -> None:
+    registry = MDNSRegistry.from_url("mdns://127.0.0.1?domain=staging")
+    assert (registry.domain, registry.service_type) == ("staging", "_staging._tcp.local.")
+    assert MDNSRegistry.from_url(registry.url).service_type == "_staging._tcp.local."
+    assert MDNSRegistry().service_type == "_micro._tcp.local."
+
+
+async def test_registries_see_only_the_nodes_of_their_domain() -> None:
+    """Two systems on one machine: same service name, different domains, no crosstalk."""
+    name = unique("twin")
+    ours, theirs = mdns_domain(), new_mdns_domain()
+    async with (
+        MDNSRegistry(interfaces=LOOPBACK, domain=ours) as here,
+        MDNSRegistry(interfaces=LOOPBACK, domain=theirs) as there,
+        MDNSRegistry(interfaces=LOOPBACK, domain=theirs) as observer,
+    ):
+        mine, other = make_service(name), make_service(name)
+        await here.register(mine, ttl=30)
+        await there.register(other, ttl=30)
+        assert await ids_of(observer, name) == node_ids([other])
+        assert await ids_of(here, name) == node_ids([mine])
 
 
 def test_invalid_options() -> None:
@@ -485,7 +512,7 @@ def test_interfaces_follow_the_node_address(host: str, interfaces: list[str]) ->
 
 
 async def test_a_loopback_node_opens_mdns_on_loopback_only() -> None:
-    registry = MDNSRegistry()
+    registry = MDNSRegistry(domain=mdns_domain())
     service = make_service(unique())
     async with registry:
         assert registry.interfaces is None  # opened lazily, on first use
@@ -497,6 +524,6 @@ async def test_a_loopback_node_opens_mdns_on_loopback_only() -> None:
 
 
 async def test_a_pure_client_opens_mdns_on_loopback() -> None:
-    async with MDNSRegistry(browse_timeout=0) as client:
+    async with MDNSRegistry(browse_timeout=0, domain=mdns_domain()) as client:
         assert await client.get_service(unique("missing")) == []
         assert client.interfaces == ["127.0.0.1"]
