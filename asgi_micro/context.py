@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Collection, Mapping, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any, AnyStr, Generic, TypeVar
@@ -63,14 +63,14 @@ class Context:
     trace: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_headers(cls, headers: Iterable[tuple[bytes, bytes]]) -> Context:
+    def from_headers(cls, headers: Sequence[tuple[bytes, bytes]]) -> Context:
         """The context ASGI headers carry (an empty one when they carry none)."""
         return read_headers(headers) or cls()
 
     @classmethod
     def from_mapping(cls, headers: Mapping[str, str]) -> Context:
         """The context a mapping of names to values carries (``httpx.Headers``, a dict)."""
-        return read_metadata((name.lower(), value) for name, value in headers.items()) or cls()
+        return read_metadata([(name.lower(), value) for name, value in headers.items()]) or cls()
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline (may be negative), or ``None`` without one."""
@@ -139,6 +139,7 @@ class _Wire(Generic[AnyStr]):
     prefix: AnyStr
     trace: frozenset[AnyStr]
     first: frozenset[AnyStr]  # first characters of every name wanted: most names stop there
+    initials: frozenset[Any]  # the same as name[0] gives them (ints for bytes)
     timeout: AnyStr  # the key, after the prefix, of the deadline in milliseconds
     deadline: bool  # whether that key carries the deadline (else the protocol's own does)
     binary_suffix: AnyStr | None  # keys whose values are bytes, not text
@@ -148,6 +149,7 @@ _HTTP = _Wire(
     prefix=b"micro-",
     trace=frozenset((b"traceparent", b"tracestate")),
     first=frozenset((b"m", b"t")),
+    initials=frozenset(b"mt"),
     timeout=b"timeout",
     deadline=True,
     binary_suffix=None,
@@ -156,29 +158,34 @@ _GRPC = _Wire(
     prefix="micro-",
     trace=frozenset(("traceparent", "tracestate")),
     first=frozenset("mt"),
+    initials=frozenset("mt"),
     timeout="timeout",
     deadline=False,  # grpc-timeout carries it
     binary_suffix="-bin",
 )
 
 
-def read_headers(headers: Iterable[tuple[bytes, bytes]]) -> Context | None:
-    """The context ASGI headers (lower-case names) carry, or ``None`` when they carry none,
-    which costs one pass over the names and no allocation. A malformed ``Micro-Timeout`` is
-    a ``BadRequest``."""
-    return _read(headers, _HTTP)
+def read_headers(
+    headers: Sequence[tuple[bytes, bytes]], wire: _Wire[Any] = _HTTP
+) -> Context | None:
+    """The context ASGI headers (lower-case names) carry, or ``None`` when they carry none.
+    That common case costs one look at the first character of each name and no allocation
+    (every request pays for it). A malformed ``Micro-Timeout`` is a ``BadRequest``. (gRPC
+    metadata goes through the same reader: ``read_metadata``.)"""
+    first = wire.initials
+    try:
+        for name, _ in headers:
+            if name[0] in first:
+                return _read(headers, wire)
+    except IndexError:  # an empty name, which no server sends: the careful way
+        return _read(headers, wire)
+    return None
 
 
-def read_metadata(metadata: Iterable[tuple[str, str | bytes]]) -> Context | None:
-    """The context gRPC metadata (lower-case keys) carries, or ``None`` when it carries none;
-    the deadline comes from the call itself."""
-    return _read(metadata, _GRPC)
-
-
-def _read(pairs: Iterable[tuple[Any, Any]], wire: _Wire[Any]) -> Context | None:
+def _read(headers: Sequence[tuple[Any, Any]], wire: _Wire[Any]) -> Context | None:
     context = None
     prefix, cut, first = wire.prefix, len(wire.prefix), wire.first
-    for name, value in pairs:
+    for name, value in headers:
         if name[:1] not in first:
             continue
         if name.startswith(prefix):
@@ -195,6 +202,12 @@ def _read(pairs: Iterable[tuple[Any, Any]], wire: _Wire[Any]) -> Context | None:
                 context = Context()
             context.trace[_text(name)] = _text(value)
     return context
+
+
+def read_metadata(metadata: Sequence[tuple[str, str | bytes]]) -> Context | None:
+    """The context gRPC metadata (lower-case keys) carries, or ``None`` when it carries none;
+    the deadline comes from the call itself."""
+    return read_headers(metadata, _GRPC)  # type: ignore[arg-type]
 
 
 def _text(value: str | bytes) -> str:

@@ -45,7 +45,7 @@ def endpoints_of(app: Any, *, grpc: Mapping[str, str] | None = None) -> list[End
     return _starlette_endpoints(routes, "") if routes else []
 
 
-def rpc_endpoint(rpc: RPC, path: str, *, grpc: str | None = None) -> Endpoint:
+def _rpc_endpoint(rpc: RPC, path: str, *, grpc: str | None = None) -> Endpoint:
     """An RPC endpoint: over HTTP a ``POST`` (a ``WEBSOCKET`` when it takes a stream of
     requests), and over gRPC the method path ``grpc`` when it is served there."""
     metadata = {
@@ -80,7 +80,7 @@ def _fastapi_endpoints(app: FastAPI, grpc: Mapping[str, str]) -> list[Endpoint]:
         path = context.path_format or context.path or ""
         rpc = rpc_of(route)
         if rpc is not None:
-            endpoints.append(rpc_endpoint(rpc, path, grpc=grpc.get(rpc.name)))
+            endpoints.append(_rpc_endpoint(rpc, path, grpc=grpc.get(rpc.name)))
             continue
         if not isinstance(route, APIRoute):
             endpoints.extend(_starlette_endpoints([route], ""))

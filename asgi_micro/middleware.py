@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Awaitable, Generator
 from typing import Any, Protocol
 
 import orjson
@@ -33,7 +34,7 @@ from .errors import (
 from .internal import Introspectable, serve_internal
 from .responses import send_error
 from .router import MicroRoute
-from .state import expose
+from .state import STATE_KEY, expose
 from .types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["MicroMiddleware", "Served"]
@@ -64,19 +65,17 @@ class MicroMiddleware:
         self._shortcuts: dict[str, MicroRoute] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope_type = scope["type"]
-        if scope_type == "http":
-            await self._http(scope, receive, send)
-        elif scope_type == "websocket":
-            await self._websocket(scope, receive, send)
-        elif scope_type == "lifespan":
-            await self._lifespan(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
-
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # HTTP is served here rather than in a method of its own: every request pays for this
+        # function, so it pays for one frame (and the service is exposed in the scope inline).
+        if scope["type"] != "http":
+            await self._not_http(scope, receive, send)
+            return
         service = self.service
-        expose(scope, service)
+        state = scope.get("state")
+        if state is None:
+            scope["state"] = {STATE_KEY: service}
+        elif STATE_KEY not in state:
+            state[STATE_KEY] = service
         path = scope["path"]
         if path.startswith(_INTERNAL):
             await serve_internal(service, scope, send)
@@ -92,7 +91,9 @@ class MicroMiddleware:
         status = 0
         held: list[Message] | None = None
 
-        async def send_shaped(message: Message) -> None:
+        # A plain function handing back the server's awaitable: no coroutine of its own for
+        # each message of each response.
+        def send_shaped(message: Message) -> Awaitable[None]:
             nonlocal status, held
             if held is None:
                 if message["type"] == "http.response.start":
@@ -105,13 +106,12 @@ class MicroMiddleware:
                         ]
                     if status >= 400 and _shapeable(message):
                         held = [message]
-                        return
-                await send(message)
-                return
+                        return _SENT
+                return send(message)
             held.append(message)
-            if not message.get("more_body", False):
-                for shaped in _shape_error(held, service.name):
-                    await send(shaped)
+            if message.get("more_body", False):
+                return _SENT
+            return _send_all(send, _shape_error(held, service.name))
 
         try:
             context = read_headers(scope["headers"])
@@ -131,6 +131,15 @@ class MicroMiddleware:
             status = 500
         finally:
             pipeline.end(failed=status >= 500)
+
+    async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope_type = scope["type"]
+        if scope_type == "websocket":
+            await self._websocket(scope, receive, send)
+        elif scope_type == "lifespan":
+            await self._lifespan(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         service = self.service
@@ -159,7 +168,7 @@ class MicroMiddleware:
     def _build_shortcuts(self) -> dict[str, MicroRoute]:
         if self.service.app is None:
             return {}  # not started yet: try again on the next request
-        self._shortcuts = rpc_shortcuts(self.service.app)
+        self._shortcuts = _rpc_shortcuts(self.service.app)
         return self._shortcuts
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -190,7 +199,7 @@ class MicroMiddleware:
         await self.app(scope, receive_first_stop, send_then_start)
 
 
-def rpc_shortcuts(app: Any) -> dict[str, MicroRoute]:
+def _rpc_shortcuts(app: Any) -> dict[str, MicroRoute]:
     """RPC routes the middleware may serve without the app's stack: by exact path, in apps with
     no middleware of their own (which must never be skipped), without router-level
     dependencies."""
@@ -210,6 +219,21 @@ def rpc_shortcuts(app: Any) -> dict[str, MicroRoute]:
         ):
             shortcuts[path] = route
     return shortcuts
+
+
+class _Sent:
+    """An awaitable that is done already: what a send held back returns."""
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return iter(())  # type: ignore[return-value]
+
+
+_SENT = _Sent()
+
+
+async def _send_all(send: Send, messages: list[Message]) -> None:
+    for message in messages:
+        await send(message)
 
 
 def _shapeable(start: Message) -> bool:

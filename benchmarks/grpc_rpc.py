@@ -20,6 +20,10 @@ calling, encoding; no sockets, no grpc core) in alternating batches. Everything 
 127.0.0.1 and every loop is bounded.
 
     uv run python benchmarks/grpc_rpc.py [--rounds 8] [--seconds 3] [--clients 4] [--streams 16]
+                                         [--against REF]
+
+``--against REF`` serves b of another revision (a git ref) beside the others, in the same
+rounds, and prints this revision's b over that one's.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from typing import Any
 import grpc
 from fastapi import FastAPI
 from grpc_tools import protoc
-from harness import cpu_seconds, free_port
+from harness import ROOT, checkout, cpu_seconds, free_port, python_in
 from pydantic import BaseModel
 
 from asgi_micro import MicroRouter, Service
@@ -254,7 +258,7 @@ def run_h2load(port: int, data: str, seconds: int, clients: int, streams: int) -
 
 
 def end_to_end(
-    rounds: int, seconds: int, clients: int, streams: int
+    rounds: int, seconds: int, clients: int, streams: int, tree: Path | None = None
 ) -> dict[str, dict[str, float]]:
     if not shutil.which("h2load"):
         raise SystemExit("h2load is missing: apt-get install nghttp2-client")
@@ -265,20 +269,26 @@ def end_to_end(
         data = generated / "request.bin"
         data.write_bytes(b"\x00" + len(payload).to_bytes(4, "big") + payload)
         servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+        # With --against, b of the other revision too, as "b@".
+        runs = {kind: (kind, None) for kind in LABELS}
+        if tree is not None:
+            runs["b@"] = ("b", tree)
         try:
-            for kind in LABELS:
+            for kind, (served, source) in runs.items():
                 port = free_port()
-                command = [sys.executable, __file__, "--serve", kind, "--port", str(port)]
+                python, env = python_in(source)
+                script = (source or ROOT) / "benchmarks" / "grpc_rpc.py"
+                command = [*python, str(script), "--serve", served, "--port", str(port)]
                 command += ["--generated", str(generated)]
-                process = subprocess.Popen(["taskset", "-c", "0", *command])
+                process = subprocess.Popen(["taskset", "-c", "0", *command], env=env)
                 servers[kind] = (process, port)
             for _, port in servers.values():
                 check_echo(port, messages)
                 run_h2load(port, str(data), 1, clients, streams)  # warm up
-            rates: dict[str, list[float]] = {kind: [] for kind in LABELS}
-            cpu: dict[str, list[float]] = {kind: [] for kind in LABELS}
+            rates: dict[str, list[float]] = {kind: [] for kind in runs}
+            cpu: dict[str, list[float]] = {kind: [] for kind in runs}
             for round_number in range(rounds):
-                order = list(LABELS)
+                order = list(runs)
                 random.shuffle(order)
                 for kind in order:
                     process, port = servers[kind]
@@ -288,7 +298,7 @@ def end_to_end(
                     cpu[kind].append((cpu_seconds(process.pid) - before) / done * 1e6)
                 print(
                     f"  round {round_number + 1}/{rounds}: "
-                    + ", ".join(f"{kind} {rates[kind][-1]:,.0f}" for kind in LABELS),
+                    + ", ".join(f"{kind} {rates[kind][-1]:,.0f}" for kind in runs),
                     flush=True,
                 )
             for _, port in servers.values():
@@ -300,7 +310,7 @@ def end_to_end(
                 process.wait(timeout=15)
     return {
         kind: {"rps": statistics.median(rates[kind]), "cpu_us": statistics.median(cpu[kind])}
-        for kind in LABELS
+        for kind in rates
     }
 
 
@@ -362,7 +372,9 @@ async def in_process(rounds: int, batch: int) -> dict[str, float]:
 # -- report ------------------------------------------------------------------------------------
 
 
-def report(e2e: dict[str, dict[str, float]] | None, local: dict[str, float]) -> None:
+def report(
+    e2e: dict[str, dict[str, float]] | None, local: dict[str, float], ref: str | None = None
+) -> None:
     print("\nin process: the handler layer alone (us per call; median of alternating batches)")
     for kind, us in local.items():
         print(f"  {kind}  {LABELS[kind]:<32} {us:7.2f} us")
@@ -374,14 +386,17 @@ def report(e2e: dict[str, dict[str, float]] | None, local: dict[str, float]) -> 
         return
     print("\nend to end over loopback (servers on core 0 under uvloop, h2load on core 1)")
     for kind, row in e2e.items():
+        label = LABELS.get(kind) or f"{LABELS[kind[:-1]]} @ {ref}"
         print(
-            f"  {kind}  {LABELS[kind]:<32} {row['rps']:10,.0f} req/s   "
-            f"{row['cpu_us']:6.1f} us CPU/call"
+            f"  {kind:<3} {label:<40} {row['rps']:10,.0f} req/s   {row['cpu_us']:6.1f} us CPU/call"
         )
-    for kind in ("b", "c"):
+    pairs = [("b", "a"), ("c", "a"), ("b", "c")]
+    if "b@" in e2e:
+        pairs += [("b@", "a"), ("b", "b@")]
+    for top, bottom in pairs:
         print(
-            f"  ratio {kind}/a: {e2e[kind]['rps'] / e2e['a']['rps']:.2f}x req/s, "
-            f"{e2e['a']['cpu_us'] / e2e[kind]['cpu_us']:.2f}x calls per CPU second"
+            f"  ratio {top}/{bottom}: {e2e[top]['rps'] / e2e[bottom]['rps']:.3f}x req/s, "
+            f"{e2e[bottom]['cpu_us'] / e2e[top]['cpu_us']:.3f}x calls per CPU second"
         )
 
 
@@ -395,6 +410,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=16, help="concurrent streams each")
     parser.add_argument("--batch", type=int, default=5000, help="calls per in-process batch")
     parser.add_argument("--in-process-only", action="store_true")
+    parser.add_argument("--against", metavar="REF", help="also serve b of this git ref")
     parser.add_argument("--serve", choices=sorted(LABELS), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--generated", type=Path, help=argparse.SUPPRESS)
@@ -410,8 +426,9 @@ def main() -> None:
             f"end to end: {args.rounds} rounds x {args.seconds}s per server, "
             f"{args.clients} connections x {args.streams} streams"
         )
-        e2e = end_to_end(args.rounds, args.seconds, args.clients, args.streams)
-    report(e2e, local)
+        with checkout(args.against) as tree:
+            e2e = end_to_end(args.rounds, args.seconds, args.clients, args.streams, tree)
+    report(e2e, local, args.against)
 
 
 if __name__ == "__main__":

@@ -1,40 +1,43 @@
 """HTTP RPC overhead: asgi-micro against the raw stack, in one run.
 
-Four apps echo the same ~100-byte JSON body through the same pydantic model:
+Five apps echo the same ~100-byte JSON body through the same pydantic model:
 
     a  plain FastAPI route                      (the baseline users have today)
     b  plain Starlette route + orjson           (the floor: no validation framework)
     c  asgi-micro @rpc behind MicroMiddleware   (what the framework offers)
     d  MicroMiddleware in front of route a      (the cost of adopting it on an existing app)
+    e  c with one server wrapper that does nothing but call on (the cost of the seam)
 
 End to end: each app runs in its own uvicorn process (uvloop, httptools) pinned to core 0, all
-four side by side; wrk on core 1 drives them in shuffled, interleaved rounds. Reported: median
-req/s, server CPU per request (from /proc), and the ratios c/a, c/b, d/a. In process: the same
-ASGI apps called with a fake receive/send in alternating batches, which is steadier on a noisy
-machine. Everything stays on 127.0.0.1 and every loop is bounded.
+side by side; wrk on core 1 drives them in shuffled, interleaved rounds. Reported: median
+req/s, server CPU per request (from /proc), and the ratios c/a, c/b, d/a, e/c. In process: the
+same ASGI apps called with a fake receive/send in alternating batches, which is steadier on a
+noisy machine. ``--against REF`` serves c and d of another revision (a git ref) beside them, in
+the same rounds, and prints this revision's figures over that one's. Everything stays on
+127.0.0.1 and every loop is bounded.
 
     uv run python benchmarks/http_rpc.py [--rounds 8] [--seconds 3] [--connections 64]
+                                         [--against REF]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import random
 import re
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
 from fastapi import FastAPI
-from harness import cpu_seconds, free_port, wait_for_port
+from harness import ROOT, Worker, checkout, cpu_seconds, free_port, python_in, wait_for_port
 from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -47,13 +50,15 @@ from asgi_micro.registry.memory import MemoryRegistry
 BODY = (
     b'{"name":"Ada Lovelace","age":36,"tags":["mathematics","computing"],"active":true,"score":9.5}'
 )
-PATHS = {"a": "/echo", "b": "/echo", "c": "/bench/echo", "d": "/echo"}
+PATHS = {"a": "/echo", "b": "/echo", "c": "/bench/echo", "d": "/echo", "e": "/bench/echo"}
 LABELS = {
     "a": "FastAPI route (pydantic)",
     "b": "Starlette + orjson",
     "c": "asgi-micro @rpc + middleware",
     "d": "MicroMiddleware + FastAPI route",
+    "e": "c + one no-op server wrapper",
 }
+AGAINST = ("c", "d")  # what --against serves of the other revision
 
 
 class Person(BaseModel):
@@ -86,7 +91,7 @@ def micro_service(name: str) -> Service:
     return Service(name, registry=MemoryRegistry(), address="127.0.0.1:1")
 
 
-def micro_app() -> FastAPI:
+def micro_app(*, wrapped: bool = False) -> FastAPI:
     bench = MicroRouter("Bench")
 
     @bench.rpc()
@@ -95,8 +100,19 @@ def micro_app() -> FastAPI:
 
     app = FastAPI()
     app.include_router(bench)
-    app.add_middleware(MicroMiddleware, service=micro_service("bench-c"))
+    service = micro_service("bench-e" if wrapped else "bench-c")
+    if wrapped:
+
+        @service.wrap
+        async def nothing(call: Any, next: Any) -> Any:
+            return await next(call)
+
+    app.add_middleware(MicroMiddleware, service=service)
     return app
+
+
+def wrapped_app() -> FastAPI:
+    return micro_app(wrapped=True)
 
 
 def adopted_app() -> FastAPI:
@@ -105,7 +121,7 @@ def adopted_app() -> FastAPI:
     return app
 
 
-APPS = {"a": fastapi_app, "b": starlette_app, "c": micro_app, "d": adopted_app}
+APPS = {"a": fastapi_app, "b": starlette_app, "c": micro_app, "d": adopted_app, "e": wrapped_app}
 
 
 # -- end to end --------------------------------------------------------------------------------
@@ -151,7 +167,18 @@ def run_wrk(script: str, port: int, path: str, seconds: int, connections: int) -
     return rate, total
 
 
-def end_to_end(rounds: int, seconds: int, connections: int) -> dict[str, dict[str, float]]:
+def variants(tree: Path | None) -> dict[str, tuple[str, Path | None]]:
+    """What a run measures, by name: this revision's apps, and with ``--against`` c and d of
+    the other one (``c@`` and ``d@``)."""
+    found: dict[str, tuple[str, Path | None]] = {kind: (kind, None) for kind in APPS}
+    if tree is not None:
+        found.update({f"{kind}@": (kind, tree) for kind in AGAINST})
+    return found
+
+
+def end_to_end(
+    rounds: int, seconds: int, connections: int, tree: Path | None
+) -> dict[str, dict[str, float]]:
     if not shutil.which("wrk"):
         raise SystemExit("wrk is missing: apt-get install wrk")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
@@ -160,48 +187,42 @@ def end_to_end(rounds: int, seconds: int, connections: int) -> dict[str, dict[st
             f"wrk.body = '{BODY.decode()}'\n"
             'wrk.headers["Content-Type"] = "application/json"\n'
         )
+    runs = variants(tree)
     servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     try:
-        for kind in APPS:
+        for name, (kind, source) in runs.items():
             port = free_port()
+            command, env = python_in(source)
+            path = (source or ROOT) / "benchmarks" / "http_rpc.py"
             process = subprocess.Popen(
-                [
-                    "taskset",
-                    "-c",
-                    "0",
-                    sys.executable,
-                    __file__,
-                    "--serve",
-                    kind,
-                    "--port",
-                    str(port),
-                ],
+                ["taskset", "-c", "0", *command, str(path), "--serve", kind, "--port", str(port)],
                 stdout=subprocess.DEVNULL,
+                env=env,
             )
-            servers[kind] = (process, port)
+            servers[name] = (process, port)
         for process, port in servers.values():
             wait_for_port(port, process)
-        for kind, (_, port) in servers.items():  # warm up
-            run_wrk(script.name, port, PATHS[kind], 1, connections)
-        rates: dict[str, list[float]] = {kind: [] for kind in APPS}
-        cpu: dict[str, list[float]] = {kind: [] for kind in APPS}
+        for name, (_, port) in servers.items():  # warm up
+            run_wrk(script.name, port, PATHS[runs[name][0]], 1, connections)
+        rates: dict[str, list[float]] = {name: [] for name in runs}
+        cpu: dict[str, list[float]] = {name: [] for name in runs}
         for round_number in range(rounds):
-            order = list(APPS)
+            order = list(runs)
             random.shuffle(order)
-            for kind in order:
-                process, port = servers[kind]
+            for name in order:
+                process, port = servers[name]
                 before = cpu_seconds(process.pid)
-                rate, total = run_wrk(script.name, port, PATHS[kind], seconds, connections)
-                rates[kind].append(rate)
-                cpu[kind].append((cpu_seconds(process.pid) - before) / total * 1e6)
+                rate, total = run_wrk(script.name, port, PATHS[runs[name][0]], seconds, connections)
+                rates[name].append(rate)
+                cpu[name].append((cpu_seconds(process.pid) - before) / total * 1e6)
             print(
                 f"  round {round_number + 1}/{rounds}: "
-                + ", ".join(f"{kind} {rates[kind][-1]:,.0f}" for kind in APPS),
+                + ", ".join(f"{name} {rates[name][-1]:,.0f}" for name in runs),
                 flush=True,
             )
         return {
-            kind: {"rps": statistics.median(rates[kind]), "cpu_us": statistics.median(cpu[kind])}
-            for kind in APPS
+            name: {"rps": statistics.median(rates[name]), "cpu_us": statistics.median(cpu[name])}
+            for name in runs
         }
     finally:
         for process, _ in servers.values():
@@ -284,46 +305,71 @@ async def call_in_process(
     return elapsed / calls * 1e6
 
 
-async def in_process(rounds: int, batch: int) -> dict[str, float]:
-    apps = {kind: factory() for kind, factory in APPS.items()}
-    async with contextlib.AsyncExitStack() as stack:
-        lifespans = {
-            kind: await stack.enter_async_context(Lifespan(app)) for kind, app in apps.items()
-        }
-        for kind, app in apps.items():  # warm caches
-            await call_in_process(app, PATHS[kind], 200, lifespans[kind].state)
-        timings: dict[str, list[float]] = {kind: [] for kind in apps}
+def in_process(rounds: int, batch: int, tree: Path | None) -> dict[str, float]:
+    """Each revision's apps in a worker process of its own, batches alternating between them
+    in shuffled order: the median microseconds per call of each."""
+    workers = {None: Worker(None, "http_rpc.py")}
+    if tree is not None:
+        workers[tree] = Worker(tree, "http_rpc.py")
+    runs = variants(tree)
+    try:
+        timings: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(rounds):
-            order = list(apps)
+            order = list(runs)
             random.shuffle(order)
-            for kind in order:
-                timings[kind].append(
-                    await call_in_process(apps[kind], PATHS[kind], batch, lifespans[kind].state)
-                )
-    return {kind: statistics.median(values) for kind, values in timings.items()}
+            for name in order:
+                kind, source = runs[name]
+                timings[name].append(workers[source].time(kind, batch))
+    finally:
+        for worker in workers.values():
+            worker.close()
+    return {name: statistics.median(values) for name, values in timings.items()}
 
 
 # -- report ------------------------------------------------------------------------------------
 
 
-def report(e2e: dict[str, dict[str, float]] | None, local: dict[str, float]) -> None:
+def report(
+    e2e: dict[str, dict[str, float]] | None, local: dict[str, float], ref: str | None
+) -> None:
+    names = list(local)
+    label = {
+        name: LABELS[name] if name in LABELS else f"{LABELS[name[:-1]]} @ {ref}" for name in names
+    }
     print("\nin process (us per call, lower is better; median of alternating batches)")
-    for kind, us in local.items():
-        print(f"  {kind}  {LABELS[kind]:<34} {us:8.1f} us   {1e6 / us:10,.0f} calls/s")
+    for name, us in local.items():
+        print(f"  {name:<3} {label[name]:<44} {us:8.1f} us   {1e6 / us:10,.0f} calls/s")
+    ratios = [("c/a", "c", "a"), ("c/b", "c", "b"), ("d/a", "d", "a"), ("e/c", "e", "c")]
+    if ref is not None:
+        ratios += [
+            ("c/c@", "c", "c@"),
+            ("d/d@", "d", "d@"),
+            ("c@/a", "c@", "a"),
+            ("d@/a", "d@", "a"),
+        ]
     print(
-        f"  ratios (throughput): c/a {local['a'] / local['c']:.2f}x   c/b {local['b'] / local['c']:.2f}x   "
-        f"d/a {local['a'] / local['d']:.2f}x"
+        "  ratios (throughput): "
+        + "   ".join(f"{text} {local[bottom] / local[top]:.3f}x" for text, top, bottom in ratios)
     )
     if e2e is None:
         return
     print("\nend to end over loopback (uvicorn + uvloop + httptools on core 0, wrk on core 1)")
-    for kind, row in e2e.items():
+    for name, row in e2e.items():
         print(
-            f"  {kind}  {LABELS[kind]:<34} {row['rps']:10,.0f} req/s   {row['cpu_us']:6.1f} us CPU/request"
+            f"  {name:<3} {label[name]:<44} {row['rps']:10,.0f} req/s   {row['cpu_us']:6.1f} us CPU/request"
         )
     print(
-        f"  ratios (req/s): c/a {e2e['c']['rps'] / e2e['a']['rps']:.2f}x   "
-        f"c/b {e2e['c']['rps'] / e2e['b']['rps']:.2f}x   d/a {e2e['d']['rps'] / e2e['a']['rps']:.2f}x"
+        "  ratios (req/s): "
+        + "   ".join(
+            f"{text} {e2e[top]['rps'] / e2e[bottom]['rps']:.3f}x" for text, top, bottom in ratios
+        )
+    )
+    print(
+        "  ratios (requests per CPU second): "
+        + "   ".join(
+            f"{text} {e2e[bottom]['cpu_us'] / e2e[top]['cpu_us']:.3f}x"
+            for text, top, bottom in ratios
+        )
     )
 
 
@@ -336,21 +382,23 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--batch", type=int, default=2000, help="calls per in-process batch")
     parser.add_argument("--in-process-only", action="store_true")
+    parser.add_argument("--against", metavar="REF", help="also serve c and d of this git ref")
     parser.add_argument("--serve", choices=sorted(APPS), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, args.port)
         return
-    print(f"in process: {args.rounds} rounds of {args.batch} calls per app")
-    local = asyncio.run(in_process(args.rounds, args.batch))
-    e2e = None
-    if not args.in_process_only:
-        print(
-            f"end to end: {args.rounds} rounds x {args.seconds}s per app, {args.connections} connections"
-        )
-        e2e = end_to_end(args.rounds, args.seconds, args.connections)
-    report(e2e, local)
+    with checkout(args.against) as tree:
+        print(f"in process: {args.rounds} rounds of {args.batch} calls per app")
+        local = in_process(args.rounds, args.batch, tree)
+        e2e = None
+        if not args.in_process_only:
+            print(
+                f"end to end: {args.rounds} rounds x {args.seconds}s per app, {args.connections} connections"
+            )
+            e2e = end_to_end(args.rounds, args.seconds, args.connections, tree)
+    report(e2e, local, args.against)
 
 
 if __name__ == "__main__":

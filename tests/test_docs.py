@@ -96,3 +96,20 @@ async def test_resilient_client_example(monkeypatch: pytest.MonkeyPatch) -> None
         assert caller.client.retries == 3
         with pytest.raises(errors.ServiceUnavailable, match=r"at version 2\.0\.0"):
             await example.stock(caller, "apple")
+
+
+async def test_wrappers_example(monkeypatch: pytest.MonkeyPatch) -> None:
+    page = load("wrappers", monkeypatch)
+    async with serve(page.app) as address:
+        await page.service.wait_registered()
+        async with httpx.AsyncClient(base_url=f"http://{address}") as http:
+            refused = await http.post("/greeter/hello", json={"name": "Ada"})
+            member = await http.post(
+                "/greeter/hello", json={"name": "Ada"}, headers={"Micro-Member": "yes"}
+            )
+        # The service's own client is a member: its wrapper says so on every call.
+        reply = await page.service.client.call("greeter", "Greeter.Hello", {"name": "Bo"})
+    assert refused.status_code == 403
+    assert refused.json()["detail"] == "Greeter.Hello is for members"
+    assert member.json() == {"message": "Hello Ada"}
+    assert reply == {"message": "Hello Bo"}

@@ -10,7 +10,7 @@ import typer
 
 from .apps import locate_app
 
-__all__ = ["run"]
+__all__ = ["log_config", "run"]
 
 
 def run(

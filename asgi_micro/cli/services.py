@@ -28,7 +28,7 @@ from .common import (
     print_json,
 )
 
-__all__ = ["call", "describe", "health", "services"]
+__all__ = ["TransportName", "call", "describe", "health", "services"]
 
 T = TypeVar("T")
 

@@ -23,7 +23,7 @@ from ..plugins import MissingDependency
 from ..store import DEFAULT_DATABASE, DEFAULT_TABLE, DEFAULT_URL, Record, Store, from_url
 from .common import JsonOption, MetadataOption, console, errors, pairs, print_json
 
-__all__ = ["app"]
+__all__ = ["app", "delete", "list_keys", "read", "write"]
 
 T = TypeVar("T")
 
