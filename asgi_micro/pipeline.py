@@ -188,6 +188,14 @@ class Pipeline:
             found = self._handlers[rpc] = self.chain(_invoker(rpc, self.host))
         return found
 
+    def direct(self, rpc: RPC) -> Callable[[Any], Awaitable[Any]] | None:
+        """The handler of ``rpc`` itself when the pipeline puts nothing around it (no
+        wrappers, no dependencies, the request its one parameter): then the request is all a
+        call needs, and an entry point may skip building the ``Call``. ``None`` otherwise."""
+        if self.wrappers or rpc.server_streaming or not _invoker_is_direct(rpc):
+            return None
+        return rpc.handler
+
     def chain(self, handler: Next) -> Next:
         """``handler`` behind the wrappers."""
         return compose(self.wrappers, handler)
@@ -282,7 +290,7 @@ def _invoker(rpc: RPC, host: Host | None) -> Next:
     if rpc.is_async and not resolvers and param is not None:
         # The common handler, ``async def hello(req: Model) -> Reply``: no dependencies to
         # resolve, so no arguments to gather.
-        if _takes_request_only(handler):
+        if _invoker_is_direct(rpc):
 
             async def direct(call: Call) -> Any:
                 return await handler(call.request)
@@ -305,6 +313,15 @@ def standalone(rpc: RPC) -> Next:
     """The pipeline of an RPC served with no service (a ``MicroRouter`` in an app that runs
     without one): no wrappers, no dependencies on a service."""
     return _invoker(rpc, None)
+
+
+def _invoker_is_direct(rpc: RPC) -> bool:
+    return (
+        rpc.is_async
+        and not rpc.resolvers
+        and rpc.request_param is not None
+        and _takes_request_only(rpc.handler)
+    )
 
 
 def _takes_request_only(handler: Callable[..., Any]) -> bool:

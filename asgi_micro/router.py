@@ -322,22 +322,28 @@ async def serve_rpc(
             raise BadRequest.from_validation(exc, id=error_id) from None
         context = current_context()  # MicroMiddleware's, whose deadline it enforces
         own = context is None
-        if context is None:
-            context = read_headers(scope["headers"]) or Context()
-        call = Call(
-            rpc.name,
-            "http",
-            context,
-            host=host,
-            request=request,
-            content_type=codec.content_type,
-            rpc=rpc,
-        )
-        handler = host.pipeline.handler(rpc) if host is not None else standalone(rpc)
         if own:
-            result = await within_deadline(context, handler(call))
+            context = read_headers(scope["headers"])
+        direct = host.pipeline.direct(rpc) if host is not None else None
+        if direct is not None and (context is None or not own):
+            # Nothing around the handler, and no deadline of its own to enforce here: the
+            # request is all it takes.
+            result = await direct(request)
         else:
-            result = await handler(call)
+            call = Call(
+                rpc.name,
+                "http",
+                context or Context(),
+                host=host,
+                request=request,
+                content_type=codec.content_type,
+                rpc=rpc,
+            )
+            handler = host.pipeline.handler(rpc) if host is not None else standalone(rpc)
+            if own:
+                result = await within_deadline(call.context, handler(call))
+            else:
+                result = await handler(call)
         payload = _reply_bytes(reply_codec, rpc, result)
     except Exception as exc:
         await send_failure(send, exc, error_id=error_id, name=rpc.name)

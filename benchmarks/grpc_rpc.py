@@ -29,7 +29,6 @@ rounds, and prints this revision's b over that one's.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import random
 import re
@@ -47,12 +46,11 @@ from typing import Any
 import grpc
 from fastapi import FastAPI
 from grpc_tools import protoc
-from harness import ROOT, checkout, cpu_seconds, free_port, python_in
+from harness import ROOT, Worker, checkout, cpu_seconds, free_port, python_in
 from pydantic import BaseModel
 
 from asgi_micro import MicroRouter, Service
 from asgi_micro.grpc import grpc_schema
-from asgi_micro.grpc.handlers import method_handler
 from asgi_micro.protobuf import render_proto
 from asgi_micro.registry.memory import MemoryRegistry
 
@@ -334,39 +332,26 @@ class Call:
     set_details = set_trailing_metadata = set_code
 
 
-async def in_process(rounds: int, batch: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as directory:
-        messages, services = generate(Path(directory))
-    data = messages.Person(**PERSON.model_dump()).SerializeToString()
-    servicer = baseline_servicer(services)
-    from_string = messages.Person.FromString
-
-    async def baseline(data: bytes, call: Any) -> bytes:
-        reply: bytes = (await servicer.Echo(from_string(data), call)).SerializeToString()
-        return reply
-
-    app, service = micro_app()
-    schema = grpc_schema(app, package=PACKAGE)
-    rpc = schema.methods["Echo.Echo"].rpc
-    shared = method_handler(
-        rpc, service, schema.proto.converter(rpc.request), schema.proto.converter(rpc.response)
-    ).unary_unary
-    handlers = {"a": baseline, "b": shared, "c": floor_handler(messages)}
-    call = Call()
-    for handler in handlers.values():
-        if await handler(data, call) != data:
-            raise RuntimeError("the handlers do not echo")
-    timings: dict[str, list[float]] = {kind: [] for kind in handlers}
-    for _ in range(rounds):
-        order = list(handlers)
-        random.shuffle(order)
-        for kind in order:
-            handler = handlers[kind]
-            started = time.perf_counter()
-            for _ in range(batch):
-                await handler(data, call)
-            timings[kind].append((time.perf_counter() - started) / batch * 1e6)
-    return {kind: statistics.median(values) for kind, values in timings.items()}
+def in_process(rounds: int, batch: int, tree: Path | None = None) -> dict[str, float]:
+    """The handler layer of each server (and with ``--against``, b of the other revision as
+    ``b@``), timed in worker processes on one core, batches alternating in shuffled order."""
+    workers = {None: Worker(None, "grpc_rpc.py")}
+    runs: dict[str, tuple[str, Path | None]] = {kind: (kind, None) for kind in LABELS}
+    if tree is not None:
+        workers[tree] = Worker(tree, "grpc_rpc.py")
+        runs["b@"] = ("b", tree)
+    try:
+        timings: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(rounds):
+            order = list(runs)
+            random.shuffle(order)
+            for name in order:
+                kind, source = runs[name]
+                timings[name].append(workers[source].time(kind, batch))
+    finally:
+        for worker in workers.values():
+            worker.close()
+    return {name: statistics.median(values) for name, values in timings.items()}
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -377,10 +362,12 @@ def report(
 ) -> None:
     print("\nin process: the handler layer alone (us per call; median of alternating batches)")
     for kind, us in local.items():
-        print(f"  {kind}  {LABELS[kind]:<32} {us:7.2f} us")
+        label = LABELS.get(kind) or f"{LABELS[kind[:-1]]} @ {ref}"
+        print(f"  {kind:<3} {label:<40} {us:7.2f} us")
     print(
         f"  added by asgi-micro: {local['b'] - local['a']:.2f} us per call "
         f"(by the floor: {local['c'] - local['a']:.2f} us)"
+        + (f"; at {ref}: {local['b@'] - local['a']:.2f} us" if "b@" in local else "")
     )
     if e2e is None:
         return
@@ -418,15 +405,15 @@ def main() -> None:
     if args.serve:
         serve(args.serve, args.port, args.generated)
         return
-    print(f"in process: {args.rounds} rounds of {args.batch} calls per handler")
-    local = asyncio.run(in_process(args.rounds, args.batch))
     e2e = None
-    if not args.in_process_only:
-        print(
-            f"end to end: {args.rounds} rounds x {args.seconds}s per server, "
-            f"{args.clients} connections x {args.streams} streams"
-        )
-        with checkout(args.against) as tree:
+    with checkout(args.against) as tree:
+        print(f"in process: {args.rounds} rounds of {args.batch} calls per handler")
+        local = in_process(args.rounds, args.batch, tree)
+        if not args.in_process_only:
+            print(
+                f"end to end: {args.rounds} rounds x {args.seconds}s per server, "
+                f"{args.clients} connections x {args.streams} streams"
+            )
             e2e = end_to_end(args.rounds, args.seconds, args.clients, args.streams, tree)
     report(e2e, local, args.against)
 

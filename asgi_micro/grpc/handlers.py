@@ -86,83 +86,15 @@ class CallContext(Context):
 
 
 class _Method:
-    """One RPC as a gRPC method of one service: what every call needs, bound once, and the
-    entry point every call of it takes (decode, the pipeline, encode, account), whichever of
-    the four kinds of method it is."""
+    """What the calls of one RPC served as a gRPC method share: its converters, how it
+    fails, its streams."""
 
-    __slots__ = (
-        "client_streaming",
-        "decode",
-        "encode",
-        "error_id",
-        "host",
-        "kind",
-        "name",
-        "pipeline",
-        "rpc",
-        "server_streaming",
-    )
+    __slots__ = ("decode", "encode", "error_id")
 
-    def __init__(
-        self, rpc: RPC, host: Host, request: MessageConverter, response: MessageConverter
-    ) -> None:
-        self.rpc = rpc
-        self.host = host
-        self.pipeline = host.pipeline
-        self.name = rpc.name
-        self.kind = rpc.kind
-        self.client_streaming = rpc.client_streaming
-        self.server_streaming = rpc.server_streaming
+    def __init__(self, host: Host, request: MessageConverter, response: MessageConverter) -> None:
         self.decode = request.decode
         self.encode = response.encode
         self.error_id = host.name
-
-    async def serve(self, incoming: Any, call: Any) -> bytes | None:
-        """One call: ``incoming`` is the request's bytes, or an async iterator over them for a
-        stream of requests; the reply's bytes are returned, or a stream of replies written."""
-        pipeline = self.pipeline
-        pipeline.begin()
-        failed = False
-        request: Any = None
-        try:
-            if self.client_streaming:
-                request = self.requests(incoming)
-            else:
-                try:
-                    request = self.decode(incoming)
-                except ValidationError as exc:
-                    failed = self.fail(call, BadRequest.from_validation(exc, id=self.error_id))
-                    return None
-            context = CallContext(call, call.time_remaining())
-            context.activate()  # until the call's task ends
-            handler = pipeline.handler(self.rpc)
-            server_call = Call(
-                self.name,
-                "grpc",
-                context,
-                host=self.host,
-                request=request,
-                kind=self.kind,
-                content_type="application/grpc",
-                rpc=self.rpc,
-                write=self.writer(call) if self.server_streaming else None,
-            )
-            if context.deadline is None:
-                result = await handler(server_call)
-            else:
-                result = await within_deadline(context, handler(server_call))
-            if not self.server_streaming:
-                return self.encode(result)
-        except MicroError as exc:
-            failed = self.fail(call, exc)
-        except Exception:
-            logger.exception("%s failed", self.name)
-            failed = self.fail(call, InternalServerError())
-        finally:
-            if self.client_streaming:
-                await request.aclose()
-            pipeline.end(failed=failed)
-        return None
 
     def requests(self, incoming: AsyncIterator[bytes]) -> AsyncGenerator[Any, None]:
         decode, error_id = self.decode, self.error_id
@@ -197,13 +129,71 @@ class _Method:
 def method_handler(
     rpc: RPC, host: Host, request: MessageConverter, response: MessageConverter
 ) -> grpc.RpcMethodHandler:
-    """The grpc.aio method handler serving ``rpc`` for ``host``: the same entry point for
-    each of the four kinds, registered as the kind it is."""
-    serve = _Method(rpc, host, request, response).serve
-    if rpc.client_streaming:
-        if rpc.server_streaming:
+    """The grpc.aio method handler serving ``rpc`` for ``host``: one entry point (decode, the
+    pipeline, encode, account) whichever of the four kinds of method it is, registered as the
+    kind it is. What every call needs is bound here, once: a call costs a few local lookups."""
+    method = _Method(host, request, response)
+    pipeline = host.pipeline
+    decode, encode, name, kind = method.decode, method.encode, rpc.name, rpc.kind
+    client_streaming, server_streaming = rpc.client_streaming, rpc.server_streaming
+    # The wrappers are in place once the service serves: what the pipeline makes of this RPC
+    # is known for good then (before, as in a test that serves by hand, it is asked each call).
+    frozen = pipeline.frozen
+    direct = pipeline.direct(rpc) if frozen else None
+    chain = pipeline.handler(rpc) if frozen else None
+
+    async def serve(incoming: Any, call: Any) -> bytes | None:
+        """One call: ``incoming`` is the request's bytes, or an async iterator over them for a
+        stream of requests; the reply's bytes are returned, or a stream of replies written."""
+        pipeline.begin()
+        failed = False
+        request: Any = None
+        try:
+            if client_streaming:
+                request = method.requests(incoming)
+            else:
+                try:
+                    request = decode(incoming)
+                except ValidationError as exc:
+                    failed = method.fail(call, BadRequest.from_validation(exc, id=method.error_id))
+                    return None
+            context = CallContext(call, call.time_remaining())
+            context.activate()  # until the call's task ends
+            if direct is not None and context.deadline is None:
+                return encode(await direct(request))
+            handler = chain or pipeline.handler(rpc)
+            server_call = Call(
+                name,
+                "grpc",
+                context,
+                host=host,
+                request=request,
+                kind=kind,
+                content_type="application/grpc",
+                rpc=rpc,
+                write=method.writer(call) if server_streaming else None,
+            )
+            if context.deadline is None:
+                result = await handler(server_call)
+            else:
+                result = await within_deadline(context, handler(server_call))
+            if not server_streaming:
+                return encode(result)
+        except MicroError as exc:
+            failed = method.fail(call, exc)
+        except Exception:
+            logger.exception("%s failed", name)
+            failed = method.fail(call, InternalServerError())
+        finally:
+            if client_streaming:
+                await request.aclose()
+            pipeline.end(failed=failed)
+        return None
+
+    if client_streaming:
+        if server_streaming:
             return grpc.stream_stream_rpc_method_handler(serve)
         return grpc.stream_unary_rpc_method_handler(serve)
-    if rpc.server_streaming:
+    if server_streaming:
         return grpc.unary_stream_rpc_method_handler(serve)
     return grpc.unary_unary_rpc_method_handler(serve)
