@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from .rpc import RPC
 
 __all__ = [
+    "BaseCall",
     "Call",
     "Host",
     "Next",
@@ -64,7 +65,35 @@ C = TypeVar("C")
 CallProtocol = Literal["http", "websocket", "grpc", "event"]
 
 
-class Call:
+class BaseCall:
+    """What a call is on either side of the wire: the endpoint, how it travels, its context
+    (metadata, deadline, trace), the request, and ``state`` for wrappers to pass things on."""
+
+    __slots__ = ("context", "endpoint", "kind", "protocol", "request", "state")
+
+    def __init__(
+        self, endpoint: str, protocol: str, context: Context, request: Any, kind: str
+    ) -> None:
+        self.endpoint = endpoint
+        self.protocol = protocol
+        self.context = context
+        self.request = request
+        self.kind = kind
+        self.state: dict[str, Any] = {}
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The call's metadata (``Micro-*`` headers, gRPC ``micro-*`` metadata)."""
+        return self.context.metadata
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.endpoint!r}, protocol={self.protocol!r}, "
+            f"kind={self.kind!r})"
+        )
+
+
+class Call(BaseCall):
     """One incoming call, as wrappers and the handler's dependencies see it.
 
     ``endpoint`` is the name the registry lists; ``protocol`` is ``http``, ``websocket``,
@@ -76,18 +105,7 @@ class Call:
     ``state`` is a dict for wrappers to leave things for later wrappers and the handler.
     """
 
-    __slots__ = (
-        "content_type",
-        "context",
-        "endpoint",
-        "host",
-        "kind",
-        "protocol",
-        "request",
-        "rpc",
-        "state",
-        "write",
-    )
+    __slots__ = ("content_type", "host", "rpc", "write")
 
     def __init__(
         self,
@@ -102,24 +120,11 @@ class Call:
         rpc: RPC | None = None,
         write: Callable[[Any], Awaitable[None]] | None = None,
     ) -> None:
-        self.endpoint = endpoint
-        self.protocol = protocol
-        self.context = context
+        super().__init__(endpoint, protocol, context, request, kind)
         self.host = host
-        self.request = request
-        self.kind = kind
         self.content_type = content_type
         self.rpc = rpc
         self.write = write or _no_stream
-        self.state: dict[str, Any] = {}
-
-    @property
-    def metadata(self) -> dict[str, str]:
-        """The call's metadata (``Micro-*`` headers, gRPC ``micro-*`` metadata)."""
-        return self.context.metadata
-
-    def __repr__(self) -> str:
-        return f"Call({self.endpoint!r}, protocol={self.protocol!r}, kind={self.kind!r})"
 
 
 Next = Callable[[Call], Awaitable[Any]]

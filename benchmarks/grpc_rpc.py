@@ -46,7 +46,7 @@ from typing import Any
 import grpc
 from fastapi import FastAPI
 from grpc_tools import protoc
-from harness import ROOT, Worker, checkout, cpu_seconds, free_port, python_in
+from harness import ROOT, alternate, checkout, cpu_seconds, free_port, python_in
 from pydantic import BaseModel
 
 from asgi_micro import MicroRouter, Service
@@ -335,23 +335,10 @@ class Call:
 def in_process(rounds: int, batch: int, tree: Path | None = None) -> dict[str, float]:
     """The handler layer of each server (and with ``--against``, b of the other revision as
     ``b@``), timed in worker processes on one core, batches alternating in shuffled order."""
-    workers = {None: Worker(None, "grpc_rpc.py")}
     runs: dict[str, tuple[str, Path | None]] = {kind: (kind, None) for kind in LABELS}
     if tree is not None:
-        workers[tree] = Worker(tree, "grpc_rpc.py")
         runs["b@"] = ("b", tree)
-    try:
-        timings: dict[str, list[float]] = {name: [] for name in runs}
-        for _ in range(rounds):
-            order = list(runs)
-            random.shuffle(order)
-            for name in order:
-                kind, source = runs[name]
-                timings[name].append(workers[source].time(kind, batch))
-    finally:
-        for worker in workers.values():
-            worker.close()
-    return {name: statistics.median(values) for name, values in timings.items()}
+    return alternate("grpc_rpc.py", runs, rounds, batch)
 
 
 # -- report ------------------------------------------------------------------------------------

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -126,3 +128,24 @@ class Worker:
 
 
 WORKER = Path(__file__).with_name("worker.py")
+
+
+def alternate(
+    script: str, runs: dict[str, tuple[str, Path | None]], rounds: int, batch: int
+) -> dict[str, float]:
+    """Time ``runs`` (name -> (kind, tree); ``None`` for this tree) of ``script`` in process:
+    a worker per tree, all on one core, batches of ``batch`` calls in shuffled order each round;
+    the median microseconds per call of each."""
+    workers = {tree: Worker(tree, script) for tree in {tree for _, tree in runs.values()}}
+    try:
+        timings: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(rounds):
+            order = list(runs)
+            random.shuffle(order)
+            for name in order:
+                kind, tree = runs[name]
+                timings[name].append(workers[tree].time(kind, batch))
+    finally:
+        for worker in workers.values():
+            worker.close()
+    return {name: statistics.median(values) for name, values in timings.items()}

@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI
-from harness import ROOT, Worker, checkout, cpu_seconds, free_port, python_in, wait_for_port
+from harness import ROOT, alternate, checkout, cpu_seconds, free_port, python_in, wait_for_port
 from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -308,22 +308,7 @@ async def call_in_process(
 def in_process(rounds: int, batch: int, tree: Path | None) -> dict[str, float]:
     """Each revision's apps in a worker process of its own, batches alternating between them
     in shuffled order: the median microseconds per call of each."""
-    workers = {None: Worker(None, "http_rpc.py")}
-    if tree is not None:
-        workers[tree] = Worker(tree, "http_rpc.py")
-    runs = variants(tree)
-    try:
-        timings: dict[str, list[float]] = {name: [] for name in runs}
-        for _ in range(rounds):
-            order = list(runs)
-            random.shuffle(order)
-            for name in order:
-                kind, source = runs[name]
-                timings[name].append(workers[source].time(kind, batch))
-    finally:
-        for worker in workers.values():
-            worker.close()
-    return {name: statistics.median(values) for name, values in timings.items()}
+    return alternate("http_rpc.py", variants(tree), rounds, batch)
 
 
 # -- report ------------------------------------------------------------------------------------

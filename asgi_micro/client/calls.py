@@ -26,25 +26,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from ..context import Context
+from ..pipeline import BaseCall
 
 __all__ = ["ClientCall", "ClientNext", "ClientWrapper"]
 
 
-class ClientCall:
+class ClientCall(BaseCall):
     """One outgoing call: ``protocol`` is ``http`` or ``grpc``; ``kind`` is ``unary``,
     ``server``, ``client`` or ``bidi`` (``http`` for a request through ``service.http()``);
     ``address`` is set when the caller named the node; ``state`` is for wrappers."""
 
-    __slots__ = (
-        "address",
-        "context",
-        "endpoint",
-        "kind",
-        "protocol",
-        "request",
-        "service",
-        "state",
-    )
+    __slots__ = ("address", "service")
 
     def __init__(
         self,
@@ -57,22 +49,9 @@ class ClientCall:
         kind: str = "unary",
         address: str | None = None,
     ) -> None:
+        super().__init__(endpoint, protocol, context, request, kind)
         self.service = service
-        self.endpoint = endpoint
-        self.protocol = protocol
-        self.context = context
-        self.request = request
-        self.kind = kind
         self.address = address
-        self.state: dict[str, Any] = {}
-
-    @property
-    def metadata(self) -> dict[str, str]:
-        """The metadata the call sends (``Micro-*`` headers, gRPC ``micro-*`` metadata)."""
-        return self.context.metadata
-
-    def __repr__(self) -> str:
-        return f"ClientCall({self.service!r}, {self.endpoint!r}, protocol={self.protocol!r})"
 
 
 ClientNext = Callable[[ClientCall], Awaitable[Any]]
