@@ -69,7 +69,7 @@ class BaseCall:
     """What a call is on either side of the wire: the endpoint, how it travels, its context
     (metadata, deadline, trace), the request, and ``state`` for wrappers to pass things on."""
 
-    __slots__ = ("context", "endpoint", "kind", "protocol", "request", "state")
+    __slots__ = ("_state", "context", "endpoint", "kind", "protocol", "request")
 
     def __init__(
         self, endpoint: str, protocol: str, context: Context, request: Any, kind: str
@@ -79,7 +79,15 @@ class BaseCall:
         self.context = context
         self.request = request
         self.kind = kind
-        self.state: dict[str, Any] = {}
+        self._state: dict[str, Any] | None = None
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """A dict for wrappers to leave things for later wrappers and the handler (made on
+        first use: most calls never need one)."""
+        if self._state is None:
+            self._state = {}
+        return self._state
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -120,7 +128,13 @@ class Call(BaseCall):
         rpc: RPC | None = None,
         write: Callable[[Any], Awaitable[None]] | None = None,
     ) -> None:
-        super().__init__(endpoint, protocol, context, request, kind)
+        # BaseCall's fields set here rather than through super(): a call on every request.
+        self.endpoint = endpoint
+        self.protocol = protocol
+        self.context = context
+        self.request = request
+        self.kind = kind
+        self._state = None
         self.host = host
         self.content_type = content_type
         self.rpc = rpc
@@ -197,7 +211,7 @@ class Pipeline:
         """The handler of ``rpc`` itself when the pipeline puts nothing around it (no
         wrappers, no dependencies, the request its one parameter): then the request is all a
         call needs, and an entry point may skip building the ``Call``. ``None`` otherwise."""
-        if self.wrappers or rpc.server_streaming or not _invoker_is_direct(rpc):
+        if self.wrappers or rpc.server_streaming or not rpc.plain:
             return None
         return rpc.handler
 
@@ -260,8 +274,10 @@ def _link(
     wrapper: Callable[[C, Callable[[C], Awaitable[Any]]], Awaitable[Any]],
     inner: Callable[[C], Awaitable[Any]],
 ) -> Callable[[C], Awaitable[Any]]:
-    async def step(call: C) -> Any:
-        return await wrapper(call, inner)
+    # A plain function handing back the wrapper's awaitable: each link of the chain costs a
+    # call, not a coroutine of its own.
+    def step(call: C) -> Awaitable[Any]:
+        return wrapper(call, inner)
 
     return step
 
@@ -295,20 +311,20 @@ def _invoker(rpc: RPC, host: Host | None) -> Next:
     if rpc.is_async and not resolvers and param is not None:
         # The common handler, ``async def hello(req: Model) -> Reply``: no dependencies to
         # resolve, so no arguments to gather.
-        if _invoker_is_direct(rpc):
+        if rpc.plain:
 
-            async def direct(call: Call) -> Any:
-                return await handler(call.request)
+            def direct(call: Call) -> Awaitable[Any]:
+                return handler(call.request)  # type: ignore[no-any-return]
 
             return direct
 
-        async def by_name(call: Call) -> Any:
-            return await handler(**{param: call.request})
+        def by_name(call: Call) -> Awaitable[Any]:
+            return handler(**{param: call.request})  # type: ignore[no-any-return]
 
         return by_name
 
-    async def invoke(call: Call) -> Any:
-        return await rpc.invoke(rpc.arguments(call.request, host, call.context))
+    def invoke(call: Call) -> Awaitable[Any]:
+        return rpc.invoke(rpc.arguments(call.request, host, call.context))
 
     return invoke
 
@@ -318,24 +334,6 @@ def standalone(rpc: RPC) -> Next:
     """The pipeline of an RPC served with no service (a ``MicroRouter`` in an app that runs
     without one): no wrappers, no dependencies on a service."""
     return _invoker(rpc, None)
-
-
-def _invoker_is_direct(rpc: RPC) -> bool:
-    return (
-        rpc.is_async
-        and not rpc.resolvers
-        and rpc.request_param is not None
-        and _takes_request_only(rpc.handler)
-    )
-
-
-def _takes_request_only(handler: Callable[..., Any]) -> bool:
-    """Whether the handler's one parameter is the request, which it may take by position."""
-    parameters = list(inspect.signature(handler).parameters.values())
-    return len(parameters) == 1 and parameters[0].kind in (
-        inspect.Parameter.POSITIONAL_ONLY,
-        inspect.Parameter.POSITIONAL_OR_KEYWORD,
-    )
 
 
 async def _no_stream(reply: Any) -> None:

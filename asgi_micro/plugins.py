@@ -60,12 +60,12 @@ def load_backend(
             f"{part} URL {url!r} has no scheme; expected one of {_schemes(part, table)}"
         )
     backend = table.get(scheme)
-    source = "asgi-micro"
+    source: str | None = "asgi-micro"  # the distribution the backend comes from, if known
     if backend is None:
         found = _entry_point(part, scheme)
         if found is not None:
             backend = Backend(found.value.partition("[")[0].strip(), extra=_extra(found))
-            source = found.dist.name if found.dist is not None else found.value
+            source = found.dist.name if found.dist is not None else None
     if backend is None:
         raise ValueError(
             f"unknown {part} scheme {scheme!r} in {url!r}; expected one of {_schemes(part, table)}"
@@ -76,13 +76,15 @@ def load_backend(
     except ImportError as exc:
         if exc.name is None or (exc.name.startswith("asgi_micro") and source == "asgi-micro"):
             raise
-        install = (
-            f"pip install '{source}[{backend.extra}]'"
-            if backend.extra
-            else f"pip install {exc.name}"
-        )
+        if source is None:
+            install = f"install the distribution that provides {module_name!r}"
+        elif backend.extra:
+            install = f"pip install '{source}[{backend.extra}]'"
+        else:
+            install = f"pip install {exc.name}"
+        origin = f" (from {source})" if source else ""
         raise MissingDependency(
-            f"the {scheme}:// {part} (from {source}) needs the package {exc.name!r}: {install}"
+            f"the {scheme}:// {part}{origin} needs the package {exc.name!r}: {install}"
         ) from exc
     return getattr(module, class_name).from_url(url, parts=parts or Parts())
 

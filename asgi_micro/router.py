@@ -340,10 +340,16 @@ async def serve_rpc(
                 rpc=rpc,
             )
             handler = host.pipeline.handler(rpc) if host is not None else standalone(rpc)
-            if own:
-                result = await within_deadline(call.context, handler(call))
-            else:
+            if not own:
                 result = await handler(call)
+            elif call.context.deadline is None:
+                token = call.context.activate()  # current for the handler, as under the middleware
+                try:
+                    result = await handler(call)
+                finally:
+                    Context.reset(token)
+            else:
+                result = await within_deadline(call.context, handler(call))
         payload = _reply_bytes(reply_codec, rpc, result)
     except Exception as exc:
         await send_failure(send, exc, error_id=error_id, name=rpc.name)

@@ -69,9 +69,21 @@ class RPC:
     server_streaming: bool = False
     client_streaming: bool = False
     is_async: bool = field(init=False)
+    # An async handler whose one parameter is the request, which it may take by position:
+    # ``async def hello(req: Model) -> Reply``, the common case, called as it is.
+    plain: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.is_async = inspect.iscoroutinefunction(self.handler)
+        parameters = list(inspect.signature(self.handler).parameters.values())
+        self.plain = (
+            self.is_async
+            and not self.resolvers
+            and self.request_param is not None
+            and len(parameters) == 1
+            and parameters[0].kind
+            in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        )
 
     @classmethod
     def from_handler(cls, name: str, handler: Callable[..., Any], *, idempotent: bool) -> RPC:

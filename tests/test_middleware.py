@@ -170,6 +170,19 @@ async def test_metadata_and_deadline(inventory: tuple[httpx.AsyncClient, Service
     assert loop.time() - started < 1.0
 
 
+@pytest.mark.parametrize("timeout", ["-5", "soon", "nan"])
+async def test_a_malformed_deadline_is_a_bad_request(
+    inventory: tuple[httpx.AsyncClient, Service], timeout: str
+) -> None:
+    """``Micro-Timeout: -5`` was ignored where ``0`` gave 408."""
+    http, service = inventory
+    response = await http.get("/items/1", headers={"Micro-Timeout": timeout})
+    assert response.status_code == 400
+    assert response.json()["id"] == "inventory"
+    assert "Micro-Timeout" in response.json()["detail"]
+    assert service.stats.errors == 0
+
+
 async def test_stats_count_requests(inventory: tuple[httpx.AsyncClient, Service]) -> None:
     http, _ = inventory
     for item_id in (1, 2, 3):
