@@ -17,7 +17,9 @@ from typing import Any, TypeVar
 import msgpack
 import orjson
 from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 
+from .errors import BadRequest
 from .messages import Codec, MessageType, message_type
 from .protobuf.codec import ProtobufCodec
 
@@ -54,7 +56,12 @@ class JSONCodec(Codec):
     def decode(self, data: bytes, message_type: MessageType | None = None) -> Any:
         if message_type is not None:
             return message_type.validate_json(data or b"{}")
-        return orjson.loads(data) if data else None
+        if not data:
+            return None
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"invalid JSON: {exc}") from exc
 
 
 class MsgpackCodec(Codec):
@@ -69,10 +76,51 @@ class MsgpackCodec(Codec):
         return packed
 
     def decode(self, data: bytes, message_type: MessageType | None = None) -> Any:
-        value = msgpack.unpackb(data, raw=False) if data else None
+        value = _unpack(data) if data else None
         if message_type is not None:
             return message_type.validate_python({} if value is None else value)
         return value
+
+
+def _unpack(data: bytes) -> Any:
+    """The one msgpack value ``data`` holds; anything else is a ``BadRequest``.
+
+    Every length header is bounded by the size of the input (msgpack's default for ``unpackb``,
+    pinned here), so a header claiming 4 GiB is refused before anything is allocated; nesting
+    is bounded by msgpack's own stack. Map keys must be strings, as in JSON.
+    """
+    size = len(data)
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=size,
+            max_bin_len=size,
+            max_array_len=size,
+            max_map_len=size // 2,
+            max_ext_len=size,
+        )
+    except ValueError as exc:  # ExtraData, FormatError, StackError, UnicodeDecodeError too
+        raise BadRequest(f"invalid msgpack: {_msgpack_reason(exc)}") from exc
+
+
+def _msgpack_reason(exc: ValueError) -> str:
+    if isinstance(exc, msgpack.ExtraData):
+        return "extra bytes after the value"
+    if isinstance(exc, msgpack.StackError):
+        return "nested too deeply"
+    if isinstance(exc, msgpack.FormatError):
+        return "a reserved type byte"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a string is not UTF-8 ({exc.reason})"
+    reason = str(exc)
+    if reason == "Unpack failed: incomplete input":
+        return "the input ends inside the value (truncated, or a length beyond the input)"
+    key_type, is_key, _ = reason.partition(" is not allowed for map key")
+    if is_key:
+        return f"map keys must be strings, got {key_type}"
+    return reason or type(exc).__name__
 
 
 def _plain(value: Any) -> Any:
@@ -81,6 +129,8 @@ def _plain(value: Any) -> Any:
         return value.model_dump(mode="json")
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return to_jsonable_python(value)  # ISO 8601, as pydantic writes it in JSON
     if isinstance(value, uuid.UUID | decimal.Decimal):
         return str(value)
     if isinstance(value, enum.Enum):

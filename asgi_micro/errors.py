@@ -2,9 +2,9 @@
 
 On the wire an error is Go Micro's shape, ``{"id", "code", "detail", "status"}``: ``id`` names
 who raised it (a service name, or ``asgi_micro.client``), ``code`` is the HTTP status code,
-``detail`` is for people and ``status`` is the code's reason phrase. (``CLIENT_ID`` and
-``STORE_ID`` name the client and the store.) A handler raises one of
-these classes; the server renders it and the client raises the same class again.
+``detail`` is for people and ``status`` is the code's reason phrase. (``CLIENT_ID``,
+``STORE_ID`` and ``SERVER_ID`` name the client, the store and the HTTP server.) A handler
+raises one of these classes; the server renders it and the client raises the same class again.
 
     MicroError
     ├── BadRequest             400  invalid input; names the fields that failed
@@ -13,11 +13,13 @@ these classes; the server renders it and the client raises the same class again.
     ├── NotFound               404  unknown service, endpoint or record
     ├── MethodNotAllowed       405
     ├── NotAcceptable          406  no codec for the Accept header
-    ├── Timeout                408  the deadline passed
+    ├── Timeout                408  the deadline passed, or the client took too long to send
     ├── Conflict               409  a compare-and-set lost
-    ├── PayloadTooLarge        413
+    ├── PayloadTooLarge        413  a body or message over max_message_size
     ├── UnsupportedMediaType   415  no codec for the Content-Type
     ├── TooManyRequests        429
+    ├── RequestHeaderFieldsTooLarge
+    │                          431  a header block over max_header_size
     ├── InternalServerError    500  a handler failed; details stay in the server log
     ├── NotImplemented         501
     ├── BadGateway             502
@@ -37,6 +39,7 @@ import orjson
 
 __all__ = [
     "CLIENT_ID",
+    "SERVER_ID",
     "STORE_ID",
     "BadGateway",
     "BadRequest",
@@ -52,6 +55,7 @@ __all__ = [
     "NotFound",
     "NotImplemented",
     "PayloadTooLarge",
+    "RequestHeaderFieldsTooLarge",
     "ServiceUnavailable",
     "Timeout",
     "TooManyRequests",
@@ -66,6 +70,8 @@ CLIENT_ID = "asgi_micro.client"
 """The ``id`` of errors a client raises itself (it could not reach a node, the deadline...)."""
 STORE_ID = "asgi_micro.store"
 """The ``id`` of errors a store raises (no such record, a lost compare-and-set, bad input)."""
+SERVER_ID = "asgi_micro.server"
+"""The ``id`` of errors the HTTP server answers with before any app sees the request."""
 
 
 class MicroError(Exception):
@@ -160,6 +166,10 @@ class TooManyRequests(MicroError):
     code = 429
 
 
+class RequestHeaderFieldsTooLarge(MicroError):
+    code = 431
+
+
 class InternalServerError(MicroError):
     code = 500
 
@@ -220,6 +230,7 @@ _BY_CODE: dict[int, type[MicroError]] = {
         PayloadTooLarge,
         UnsupportedMediaType,
         TooManyRequests,
+        RequestHeaderFieldsTooLarge,
         InternalServerError,
         NotImplemented,
         BadGateway,

@@ -88,7 +88,11 @@ class Codec(ABC):
     @abstractmethod
     def decode(self, data: bytes, message_type: MessageType | None = None) -> Any:
         """Bytes as a value; with a ``message_type`` it is validated into that type and
-        ``pydantic.ValidationError`` (or ``BadRequest``) says which fields are wrong."""
+        ``pydantic.ValidationError`` (or ``BadRequest``) says which fields are wrong.
+
+        Bad input is the caller's fault: bytes that are not this content type (truncated,
+        trailing data, nested too deeply, a length beyond the input...) raise ``BadRequest``,
+        never another exception, which every entry point would answer as a server error."""
 
 
 def _bind_generated(message_type: MessageType, cls: type[Message]) -> None:
@@ -101,6 +105,10 @@ def _bind_generated(message_type: MessageType, cls: type[Message]) -> None:
             return json_format.Parse(bytes(input) if isinstance(input, bytearray) else input, cls())
         except json_format.ParseError as exc:
             raise BadRequest(str(exc)) from exc
+        except UnicodeDecodeError as exc:
+            raise BadRequest(f"invalid JSON: not UTF-8 ({exc.reason})") from exc
+        except _PARSE_ERRORS as exc:
+            raise _not_valid(cls, exc) from exc
 
     def validate_python(input: Any, **_: Any) -> Message:
         if isinstance(input, cls):
@@ -113,6 +121,8 @@ def _bind_generated(message_type: MessageType, cls: type[Message]) -> None:
             return json_format.ParseDict(dict(input), cls())
         except json_format.ParseError as exc:
             raise BadRequest(str(exc)) from exc
+        except _PARSE_ERRORS as exc:
+            raise _not_valid(cls, exc) from exc
 
     def dump_python(value: Any, **_: Any) -> Any:
         return json_format.MessageToDict(
@@ -130,6 +140,16 @@ def _bind_generated(message_type: MessageType, cls: type[Message]) -> None:
     message_type.dump_json = dump_json
     message_type.dump_python = dump_python
     message_type.extension["json_schema"] = descriptor_json_schema(cls.DESCRIPTOR)
+
+
+# What json_format raises besides ParseError for input that does not fit the message: a dict
+# where a wrapper type takes a scalar (TypeError), a string with a lone surrogate
+# (UnicodeEncodeError, a ValueError), nesting deeper than Python's stack.
+_PARSE_ERRORS = (TypeError, ValueError, RecursionError)
+
+
+def _not_valid(cls: type[Message], exc: Exception) -> BadRequest:
+    return BadRequest(f"not a valid {cls.DESCRIPTOR.full_name}: {exc}")
 
 
 _JSON_TYPES = {

@@ -6,9 +6,12 @@ It starts and stops the service inside the app's lifespan, serves ``/_micro/`` (
 registry record), and is where HTTP requests and WebSocket sessions enter the service's call
 pipeline: each is counted in flight (a drain waits for it), its ``Micro-*`` metadata and
 deadline become the context that onward calls reuse, and every error response gets Go Micro's
-shape. The wrappers run where the route is known: in the RPC entry points, and for plain routes
-in ``asgi_micro.routes``. It is pure ASGI: a request costs a header scan and a send wrapper,
-not a Starlette object.
+shape. It holds every request to the service's ``max_message_size``: a body whose
+``Content-Length`` says more is refused (413) before the app runs, a chunked one as soon as it
+passes the limit, and a WebSocket message over it closes the session (1009). The wrappers
+run where the route is known: in the RPC entry points, and for plain routes in
+``asgi_micro.routes``. It is pure ASGI: a request costs two header scans (the metadata, the
+body's length) and a send wrapper, not a Starlette object.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from typing import Any, Protocol
 import orjson
 from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from .context import read_headers, within_deadline
 from .endpoints import INTERNAL_PREFIX
@@ -28,10 +33,12 @@ from .errors import (
     BadRequest,
     InternalServerError,
     MicroError,
+    PayloadTooLarge,
     error_for_status,
     validation_detail,
 )
 from .internal import Introspectable, serve_internal
+from .redirects import relative_redirect
 from .responses import send_error
 from .router import MicroRoute
 from .state import STATE_KEY, expose
@@ -44,10 +51,15 @@ logger = logging.getLogger(__name__)
 _INTERNAL = INTERNAL_PREFIX + "/"
 _SHAPED_TYPES = (b"application/json", b"text/plain")
 _MAX_SHAPED_BODY = 64 * 1024
+_CLOSE = ((b"connection", b"close"),)
+_HTTP_1 = ("1.1", "1.0")
 
 
 class Served(Introspectable, Protocol):
     """What the middleware needs of the service it runs: the lifecycle around the app's."""
+
+    @property
+    def max_message_size(self) -> int: ...
 
     def attach(self, app: ASGIApp) -> None: ...
 
@@ -80,6 +92,16 @@ class MicroMiddleware:
         if path.startswith(_INTERNAL):
             await serve_internal(service, scope, send)
             return
+        length = _body_length(scope)
+        if length is None:
+            receive = _limited(receive, service.max_message_size)
+        elif length > service.max_message_size:
+            error = PayloadTooLarge(
+                f"request body of {length} bytes, over {service.max_message_size}",
+                id=service.name,
+            )
+            await send_error(send, error, headers=_CLOSE)
+            return
         handler: ASGIApp = self.app
         shortcuts = self._shortcuts if self._shortcuts is not None else self._build_shortcuts()
         if shortcuts:
@@ -98,8 +120,11 @@ class MicroMiddleware:
             if held is None:
                 if message["type"] == "http.response.start":
                     status = message["status"]
-                    if pipeline.draining:
-                        # Callers then open a new connection, which finds another node.
+                    if 300 <= status < 400:  # never a Location built from the Host header
+                        message = relative_redirect(message, scope)
+                    if pipeline.draining or status == 413:
+                        # Draining: callers then open a new connection, which finds another
+                        # node. 413: the rest of the body is not worth reading.
                         message["headers"] = [
                             *message.get("headers", ()),
                             (b"connection", b"close"),
@@ -122,8 +147,10 @@ class MicroMiddleware:
         except MicroError as exc:  # a bad Micro-Timeout, the deadline, a wrapper's refusal
             if not status:
                 exc.id = exc.id or service.name
-                await send_error(send, exc)
+                await send_error(send, exc, headers=_CLOSE if exc.code == 413 else ())
                 status = exc.code
+        except ClientDisconnect:
+            pass  # gone before its body was all sent (or timed out sending it): none to answer
         except Exception:
             logger.exception("unhandled error in %s %s", scope["method"], path)
             if not status:
@@ -144,15 +171,34 @@ class MicroMiddleware:
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         service = self.service
         expose(scope, service)
+        limit = service.max_message_size
+        closed = False
+
+        # The server may take larger messages (uvicorn's --ws-max-size is 16 MiB unless told):
+        # one over the service's limit closes the session, and the app sees it end.
+        async def receive_limited() -> Message:
+            nonlocal closed
+            message = await receive()
+            if message["type"] == "websocket.receive" and _oversized(message, limit):
+                closed = True
+                reason = f"message over {limit} bytes"
+                await send({"type": "websocket.close", "code": 1009, "reason": reason})
+                return {"type": "websocket.disconnect", "code": 1009, "reason": reason}
+            return message
+
+        def send_unless_closed(message: Message) -> Awaitable[None]:
+            return _SENT if closed else send(message)
+
         pipeline = service.pipeline
         pipeline.begin()
         failed = False
         try:
             context = read_headers(scope["headers"])
+            app = self.app(scope, receive_limited, send_unless_closed)
             if context is None:
-                await self.app(scope, receive, send)
+                await app
             else:
-                await within_deadline(context, self.app(scope, receive, send))
+                await within_deadline(context, app)
         except MicroError as exc:
             # A bad Micro-Timeout, or the deadline: closed with the error's code, as RPCs over
             # a WebSocket are (4000 + the HTTP status; before the handshake, a refusal).
@@ -219,6 +265,57 @@ def _rpc_shortcuts(app: Any) -> dict[str, MicroRoute]:
         ):
             shortcuts[path] = route
     return shortcuts
+
+
+def _body_length(scope: Scope) -> int | None:
+    """The body's length as the request's headers declare it (the server delivers no more);
+    ``None`` when they do not (chunked, or HTTP/2 without ``Content-Length``)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+        if name == b"transfer-encoding":
+            return None
+    return 0 if scope.get("http_version") in _HTTP_1 else None
+
+
+def _limited(receive: Receive, limit: int) -> Receive:
+    """``receive``, refusing the body as soon as more than ``limit`` bytes of it arrived."""
+    received = 0
+
+    async def receive_limited() -> Message:
+        nonlocal received
+        message = await receive()
+        body = message.get("body")
+        if body:
+            received += len(body)
+            if received > limit:
+                raise _BodyTooLarge(f"request body over {limit} bytes")
+        return message
+
+    return receive_limited
+
+
+class _BodyTooLarge(PayloadTooLarge, HTTPException):
+    """What ``receive`` raises past the limit: a ``MicroError`` for asgi-micro's handlers, and
+    an ``HTTPException`` so that FastAPI, which makes any other error while it reads a body a
+    400, lets it through (as it does Starlette's own body limit)."""
+
+    def __init__(self, detail: str) -> None:
+        PayloadTooLarge.__init__(self, detail)
+        self.status_code = self.code
+        self.headers = None
+
+
+def _oversized(message: Message, limit: int) -> bool:
+    data = message.get("bytes")
+    if data is not None:
+        return len(data) > limit
+    text: str = message.get("text") or ""
+    # A character is 1 to 4 bytes of UTF-8: encode only a text that may be over.
+    return len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit)
 
 
 class _Sent:

@@ -149,13 +149,17 @@ Wrapper = Callable[[Call, Next], Awaitable[Any]]
 
 class Host(Protocol):
     """What serving code needs of the service it serves: its name, which errors carry as
-    their ``id``, and its pipeline. Handlers' dependencies get the host as it is."""
+    their ``id``, its pipeline, and the largest request message it takes (``limits``).
+    Handlers' dependencies get the host as it is."""
 
     @property
     def name(self) -> str: ...
 
     @property
     def pipeline(self) -> Pipeline: ...
+
+    @property
+    def max_message_size(self) -> int: ...
 
 
 @dataclass(slots=True)
@@ -240,6 +244,13 @@ class Pipeline:
         if failed:
             stats.errors += 1
         if stats.in_flight == 0 and self._idle is not None:
+            self._idle.set()
+
+    def ended(self) -> None:
+        """For an entry point that counts ``stats`` itself on its hottest path: a call ended
+        (and was taken off ``in_flight``) while the service drains. ``wait_idle`` runs only
+        while draining, so only then is there anyone to tell."""
+        if self.stats.in_flight == 0 and self._idle is not None:
             self._idle.set()
 
     async def wait_idle(self, timeout: float) -> int:

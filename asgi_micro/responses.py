@@ -12,6 +12,7 @@ from .errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from .limits import DEFAULT_MAX_MESSAGE_SIZE
 from .types import Receive, Send
 
 __all__ = [
@@ -26,7 +27,8 @@ __all__ = [
 
 logger = logging.getLogger("asgi_micro")
 
-DEFAULT_MAX_BODY = 4 * 1024 * 1024
+DEFAULT_MAX_BODY = DEFAULT_MAX_MESSAGE_SIZE
+"""The body limit of an RPC served without a service (with one, the service's limit)."""
 _JSON = b"application/json"
 
 

@@ -166,10 +166,11 @@ class MicroRoute(APIRoute):
     async def serve_fast(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve the RPC without FastAPI; the caller checked ``fast_allowed``."""
         assert self.rpc is not None
+        host = service_of(scope)
         limits = (
             self.max_body_size,
             getattr(scope.get("app"), "max_body_size", None),
-            DEFAULT_MAX_BODY,
+            DEFAULT_MAX_BODY if host is None else host.max_message_size,
         )
         limit = min(x for x in limits if x)
         if self.rpc.server_streaming:

@@ -32,8 +32,9 @@ from starlette.middleware.errors import ServerErrorMiddleware
 from . import registry as registry_module
 from . import store as store_module
 from .endpoints import endpoints_of
-from .grpc import DEFAULT_MAX_MESSAGE_SIZE, GrpcServer, service_package
+from .grpc import GrpcServer, service_package
 from .middleware import MicroMiddleware
+from .openapi import use_served_openapi
 from .pipeline import Pipeline, Stats, Wrapper
 from .plugins import Parts
 from .registrar import Registrar
@@ -81,7 +82,7 @@ class Service:
         grpc: bool | None = None,
         grpc_address: str | None = None,
         grpc_package: str | None = None,
-        grpc_max_message_size: int | None = None,
+        max_message_size: int | None = None,
         propagate: Collection[str] | None = None,
     ) -> None:
         if not _NAME.fullmatch(name):
@@ -97,6 +98,10 @@ class Service:
             key.lower() for key in (settings.propagate if propagate is None else propagate)
         )
         """Metadata keys that calls made while handling a call carry on (``"*"``: all)."""
+        self.max_message_size = max_message_size or settings.max_message_size
+        """The largest request body, WebSocket message and gRPC message it takes."""
+        if self.max_message_size < 0:
+            raise ValueError(f"max_message_size must be positive, got {max_message_size}")
         self.pipeline = Pipeline(self)
         self.app: ASGIApp | None = None
 
@@ -119,7 +124,7 @@ class Service:
                 self,
                 address=grpc_address or settings.grpc_address,
                 package=service_package(name, self.grpc_package),
-                max_message_size=grpc_max_message_size or DEFAULT_MAX_MESSAGE_SIZE,
+                max_message_size=self.max_message_size,
             )
         self.registrar = Registrar(
             self.registry,
@@ -300,9 +305,11 @@ class Service:
             yield {STATE_KEY: self}
 
     def attach(self, app: ASGIApp) -> None:
-        """Serve ``app``: its routes become this service's endpoints."""
+        """Serve ``app``: its routes become this service's endpoints, and its OpenAPI document
+        says what the service serves (``asgi_micro.openapi``)."""
         self.app = app
         self._endpoints = None
+        use_served_openapi(app)
 
     def drain_on_exit_signals(self) -> None:
         """On the first SIGINT/SIGTERM, drain before the server's own handler runs; a second

@@ -5,11 +5,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import field_validator
+from pydantic import PositiveFloat, PositiveInt, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from . import registry as registry_module
 from . import store as store_module
+from .limits import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HEADER_SIZE,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    ServerLimits,
+)
 
 __all__ = ["Settings"]
 
@@ -17,7 +25,9 @@ __all__ = ["Settings"]
 class Settings(BaseSettings):
     """``MICRO_REGISTRY``, ``MICRO_STORE``, ``MICRO_ADDRESS``...; arguments to ``Service``
     take precedence. ``MICRO_PROPAGATE`` is a comma-separated list of metadata keys (``*``
-    for all)."""
+    for all). The limits (``MICRO_MAX_MESSAGE_SIZE``, ``MICRO_MAX_HEADER_SIZE``,
+    ``MICRO_HEADER_TIMEOUT``, ``MICRO_BODY_TIMEOUT``, ``MICRO_MAX_CONNECTIONS``) are described
+    in ``asgi_micro.limits``."""
 
     model_config = SettingsConfigDict(env_prefix="MICRO_", extra="ignore")
 
@@ -30,6 +40,11 @@ class Settings(BaseSettings):
     register_ttl: float = 30.0
     register_interval: float = 10.0
     propagate: Annotated[tuple[str, ...], NoDecode] = ()
+    max_message_size: PositiveInt = DEFAULT_MAX_MESSAGE_SIZE
+    max_header_size: PositiveInt = DEFAULT_MAX_HEADER_SIZE
+    header_timeout: PositiveFloat = DEFAULT_HEADER_TIMEOUT
+    body_timeout: PositiveFloat = DEFAULT_BODY_TIMEOUT
+    max_connections: PositiveInt = DEFAULT_MAX_CONNECTIONS
 
     @field_validator("propagate", mode="before")
     @classmethod
@@ -37,3 +52,12 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(key.strip().lower() for key in value.split(",") if key.strip())
         return value
+
+    def server_limits(self) -> ServerLimits:
+        """What the HTTP server bounds per connection, from these settings."""
+        return ServerLimits(
+            max_header_size=self.max_header_size,
+            header_timeout=self.header_timeout,
+            body_timeout=self.body_timeout,
+            max_connections=self.max_connections,
+        )

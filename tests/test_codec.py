@@ -4,7 +4,6 @@ import datetime as dt
 import uuid
 from decimal import Decimal
 
-import msgpack
 import pytest
 from pydantic import BaseModel, ValidationError
 
@@ -16,6 +15,7 @@ from asgi_micro.codec import (
     codec_for_content_type,
     message_type,
 )
+from asgi_micro.errors import BadRequest
 
 
 class Order(BaseModel):
@@ -55,7 +55,7 @@ def test_validation_errors_name_fields() -> None:
 
 
 def test_msgpack_rejects_garbage() -> None:
-    with pytest.raises((ValueError, msgpack.exceptions.ExtraData)):
+    with pytest.raises(BadRequest, match="invalid msgpack"):
         CODECS["application/msgpack"].decode(b"\xc1\xc1\xc1")
 
 

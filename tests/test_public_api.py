@@ -51,6 +51,8 @@ MODULES = [
     "asgi_micro.cli.services",
     "asgi_micro.cli.store",
     "asgi_micro.cli.proto",
+    "asgi_micro.limits",
+    "asgi_micro.server",
 ]
 
 

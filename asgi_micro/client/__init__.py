@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -33,6 +34,7 @@ from ..context import Context, current_context
 from ..errors import (
     CLIENT_ID,
     BadGateway,
+    BadRequest,
     ConnectionFailed,
     ConnectionLost,
     MicroError,
@@ -98,7 +100,6 @@ class Client:
         self.cache = RegistryCache(registry, refresh=cache_refresh, error_id=CLIENT_ID)
         self.transport = transport or HTTPTransport()
         self._owns_transport = transport is None
-        self._in_flight: dict[str, int] = {}
         self._by_address: dict[str, ServiceRecord] = {}
         self._grpc: GrpcTransport | None = None
 
@@ -172,7 +173,7 @@ class Client:
             service,
             endpoint,
             transport,
-            self._context(timeout, metadata),
+            self._context(timeout, metadata, resolved=address is None),
             request=request,
             address=address,
         )
@@ -260,7 +261,12 @@ class Client:
                     raise BadGateway(
                         f"{service} replied with an unsupported content type", id=CLIENT_ID
                     )
-                return reply_codec.decode(response.body, reply_type)
+                try:
+                    return reply_codec.decode(response.body, reply_type)
+                except BadRequest as exc:  # the reply is broken: the node's fault, not ours
+                    raise BadGateway(
+                        f"{service} sent a reply that does not decode: {exc.detail}", id=CLIENT_ID
+                    ) from None
             raise _error_from(response.status, response.body, service)
 
         return await self._attempts(call, attempt, idempotent, options)
@@ -285,6 +291,7 @@ class Client:
             labels=options.labels,
             strategy=options.strategy,
             usable=usable,
+            endpoint=call.endpoint,
         )
 
     async def stream(
@@ -324,7 +331,7 @@ class Client:
             service,
             endpoint,
             transport,
-            self._context(timeout, metadata),
+            self._context(timeout, metadata, resolved=address is None),
             request=request,
             kind=kind,
             address=address,
@@ -463,10 +470,16 @@ class Client:
         labels: Mapping[str, str] | None = None,
         strategy: Strategy | None = None,
         usable: Callable[[Node], bool] | None = None,
+        endpoint: str | None = None,
     ) -> T:
-        """Run ``attempt(node, seconds left)`` on selected nodes (those ``usable`` accepts)
-        until it succeeds, a failure may not be retried, the retries are spent or the
-        deadline passes."""
+        """Run ``attempt(node, seconds)`` on selected nodes (those ``usable`` accepts) until it
+        succeeds, a failure may not be retried, the retries are spent or the deadline passes.
+
+        ``seconds`` is the time left, or less for an idempotent call with retries to spare:
+        the outlier detector's ``attempt_timeout`` for ``endpoint``, so that a node that does
+        not answer leaves time to try another."""
+        outliers = self.outliers
+        key = (service, endpoint) if endpoint is not None else None
         tried: set[str] = set()
         retry = 0
         while True:
@@ -475,29 +488,38 @@ class Client:
                 raise Timeout(f"deadline exceeded calling {service}", id=CLIENT_ID)
             node = await self._select(service, tried, address, version, labels, strategy, usable)
             tried.add(node.id)
-            self._in_flight[node.id] = self._in_flight.get(node.id, 0) + 1
+            budget = remaining
+            if idempotent and retry < retries and key is not None:
+                budget = outliers.attempt_timeout(key, remaining)
+            cut = budget is not None and (remaining is None or budget < remaining)
+            sent_at = outliers.sent(node)
             try:
-                result = await attempt(node, remaining)
+                result = await attempt(node, budget)
             except MicroError as exc:
                 if _node_failed(exc):
-                    self.outliers.failed(node)
+                    outliers.abandoned(node)
+                    outliers.failed(node)
                 else:
-                    self.outliers.succeeded(node)  # it answered: it is up
-                if retry >= retries or not retryable(
-                    exc, idempotent=idempotent, from_client=CLIENT_ID
+                    outliers.answered(node, sent_at)
+                    outliers.succeeded(node)  # it answered: it is up
+                cut_short = cut and _timed_out(exc)
+                if retry >= retries or not (
+                    cut_short or retryable(exc, idempotent=idempotent, from_client=CLIENT_ID)
                 ):
                     raise
                 retry += 1
-                delay = self.backoff.delay(retry)
+                delay = 0.0 if cut_short else self.backoff.delay(retry)
                 remaining = context.remaining()
                 if remaining is not None and delay >= remaining:
                     raise
                 await asyncio.sleep(delay)
+            except BaseException:
+                outliers.abandoned(node)  # cancelled, or failed in the caller's own code
+                raise
             else:
-                self.outliers.succeeded(node)
+                outliers.answered(node, sent_at, key)
+                outliers.succeeded(node)
                 return result
-            finally:
-                self._in_flight[node.id] -= 1
 
     @property
     def grpc(self) -> GrpcTransport:
@@ -510,7 +532,7 @@ class Client:
 
     def in_flight(self, node: Node) -> int:
         """Requests this client has outstanding on ``node``."""
-        return self._in_flight.get(node.id, 0)
+        return self.outliers.outstanding(node)
 
     async def aclose(self) -> None:
         await self.cache.aclose()
@@ -520,17 +542,27 @@ class Client:
         if self._owns_transport:
             await self.transport.aclose()
 
-    def _context(self, timeout: float | None, metadata: Mapping[str, str] | None) -> Context:
-        """The context of an outgoing call: the current one's trace and deadline, the metadata
-        the allow-list propagates, ``metadata``, and the caller named (each hop names
-        itself)."""
+    def _context(
+        self,
+        timeout: float | None,
+        metadata: Mapping[str, str] | None,
+        *,
+        resolved: bool = True,
+    ) -> Context:
+        """The context of an outgoing call: the current one's deadline, and for a node
+        ``resolved`` through the registry its trace and the metadata the allow-list propagates;
+        then ``metadata`` and the caller named (each hop names itself). An address the caller
+        gave is not known to be one of ours: nothing of the incoming call goes to it."""
         if self.caller:
             metadata = {**(metadata or {}), "from-service": self.caller}
-        return (current_context() or Context()).onward(
+        onward = (current_context() or Context()).onward(
             timeout=self.timeout if timeout is None else timeout,
             metadata=metadata,
-            propagate=self.propagate,
+            propagate=self.propagate if resolved else (),
         )
+        if not resolved:
+            onward.trace = {}
+        return onward
 
     async def _select(
         self,
@@ -556,7 +588,8 @@ class Client:
                 ]
             )
             raise ServiceUnavailable(f"service {service}: no nodes found{wanted}", id=CLIENT_ID)
-        healthy = [node for node in nodes if not self.outliers.ejected(node)]
+        now = time.monotonic()
+        healthy = [node for node in nodes if self.outliers.available(node, now)]
         pool = (
             [node for node in healthy if node.id not in tried]
             or healthy
@@ -591,10 +624,16 @@ class Client:
 
 
 def _node_failed(error: MicroError) -> bool:
-    """Whether the node itself failed (rather than answering with an error)."""
+    """Whether the node itself failed (rather than answering with an error): it refused or
+    dropped the connection, said nothing a client could read, or nothing in time."""
     return isinstance(error, ConnectionFailed | ConnectionLost) or (
-        isinstance(error, BadGateway) and error.id == CLIENT_ID
+        isinstance(error, BadGateway | Timeout) and error.id == CLIENT_ID
     )
+
+
+def _timed_out(error: MicroError) -> bool:
+    """Whether the client's own clock ended the attempt."""
+    return isinstance(error, Timeout) and error.id == CLIENT_ID
 
 
 def _route(endpoint: str, records: list[ServiceRecord]) -> tuple[str, str, bool]:
@@ -671,7 +710,12 @@ def _stream_line(line: bytes, reply_type: MessageType | None, service: str) -> A
         data = orjson.loads(line)
         if set(data) == {"error"}:
             raise MicroError.from_dict(data["error"], id=service)
-    return JSON.decode(line, reply_type)
+    try:
+        return JSON.decode(line, reply_type)
+    except BadRequest as exc:
+        raise BadGateway(
+            f"{service} sent a reply that does not decode: {exc.detail}", id=CLIENT_ID
+        ) from None
 
 
 async def _then(first: Any, replies: AsyncIterator[Any]) -> AsyncIterator[Any]:

@@ -6,7 +6,8 @@
 The transport resolves ``inventory`` through the client's registry cache and sends the request
 to a node chosen like any call: same strategy, ejection, retries (GET, HEAD, OPTIONS, PUT and
 DELETE are idempotent; any method is retried when nothing was sent) and deadline, with the
-context's metadata and trace headers. A host with a port or an IP address is called directly.
+context's metadata and trace headers. A host with a port or an IP address is called directly,
+as any HTTP client would call it: none of the context goes with the request.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class DiscoveryTransport(httpx.AsyncBaseTransport):
             url.host,
             f"{request.method} {url.path}",
             "http",
-            self.client._context(timeouts.get("read"), None),
+            self.client._context(timeouts.get("read"), None, resolved=address is None),
             request=request,
             kind="http",
             address=address,
@@ -58,12 +59,15 @@ class DiscoveryTransport(httpx.AsyncBaseTransport):
 
     async def _send(self, call: ClientCall) -> httpx.Response:
         request: httpx.Request = call.request
-        for name, value in call.context.headers():
-            if name != TIMEOUT_HEADER and name not in request.headers:
-                request.headers[name] = value
+        # A node of ours gets the context; an address is called as any HTTP client would.
+        resolved = call.address is None
+        if resolved:
+            for name, value in call.context.headers():
+                if name != TIMEOUT_HEADER and name not in request.headers:
+                    request.headers[name] = value
 
         async def attempt(node: Node, remaining: float | None) -> httpx.Response:
-            if remaining is not None:
+            if resolved and remaining is not None:
                 request.headers[TIMEOUT_HEADER] = str(max(1, int(remaining * 1000)))
             return await self._pooled.open(request, node.host, node.port, timeout=remaining)
 
@@ -74,6 +78,7 @@ class DiscoveryTransport(httpx.AsyncBaseTransport):
             idempotent=request.method in IDEMPOTENT_METHODS,
             retries=self.client.retries,
             address=call.address,
+            endpoint=call.endpoint,
         )
 
     async def aclose(self) -> None:

@@ -1,25 +1,58 @@
-"""Outlier ejection: a node that keeps failing is left out of selection for a while.
+"""Outlier ejection: a node that keeps failing, or stops answering, is left out of selection.
 
-After ``consecutive_failures`` transport failures in a row (it refused or dropped connections)
-a node is ejected for ``base_ejection`` seconds, doubled at each ejection in a row up to
-``max_ejection``. When the time is up it is eligible again, on probation: one more failure ejects
-it again at once, one success clears its record. If every candidate is ejected the selector
-ignores ejection rather than failing fast forever, as Envoy's panic threshold does.
+Failures. After ``consecutive_failures`` failures of the node itself in a row (it refused or
+dropped connections, or did not answer before the call's time ran out) a node is ejected for
+``base_ejection`` seconds, doubled at each ejection in a row up to ``max_ejection``. When the
+time is up it is eligible again, on probation: one more failure ejects it again at once, one
+answer clears its record. A 4xx or 5xx the node answered with says the node is up.
 
-Only failures of the node itself count: a 4xx or 5xx the node answered with says the node is up.
+Stalls. A node that is frozen (a stopped process, a full disk, a stuck event loop) still accepts
+connections: only its silence tells. The detector keeps, per node, the calls outstanding, the
+time of its last answer and a smoothed round-trip time (RFC 6298: ``srtt + 4 * rttvar``, the
+``bound`` a healthy answer rarely exceeds). A node that has had a call outstanding for longer
+than ``stall_after`` (or ``stall_factor`` times its bound, if that is longer) without answering
+anything meanwhile is *stalled*: no new call goes to it until it answers again, whatever the
+strategy. Calls already sent to it wait for their own time to run out, which counts as a
+failure and so ejects it; an idempotent call is given a shorter time per attempt (see
+``attempt_timeout``) and is retried on another node.
+
+If every candidate is ejected or stalled the selector ignores both rather than failing fast
+forever, as Envoy's panic threshold does.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 from ..registry import Node
 
-__all__ = ["OutlierDetector"]
+__all__ = ["OutlierDetector", "RoundTrip"]
 
 _MAX_TRACKED = 1024
+
+
+@dataclass(slots=True)
+class RoundTrip:
+    """A smoothed round-trip time and its variation (RFC 6298), in seconds."""
+
+    srtt: float = 0.0
+    rttvar: float = 0.0
+    samples: int = 0
+
+    def observe(self, seconds: float) -> None:
+        if self.samples == 0:
+            self.srtt, self.rttvar = seconds, seconds / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - seconds)
+            self.srtt = 0.875 * self.srtt + 0.125 * seconds
+        self.samples += 1
+
+    @property
+    def bound(self) -> float:
+        """The time within which nearly every answer comes: ``srtt + 4 * rttvar``."""
+        return self.srtt + 4 * self.rttvar
 
 
 @dataclass(slots=True)
@@ -29,20 +62,40 @@ class _Record:
     ejected_until: float = 0.0
 
 
+@dataclass(slots=True)
+class _Activity:
+    outstanding: int = 0
+    waiting_since: float = 0.0  # when ``outstanding`` last went from 0 to 1
+    answered_at: float = 0.0
+    round_trip: RoundTrip | None = None
+
+
 class OutlierDetector:
     def __init__(
         self,
         *,
         consecutive_failures: int = 3,
         base_ejection: float = 1.0,
-        max_ejection: float = 30.0,
+        max_ejection: float = 10.0,
+        stall_after: float = 0.2,
+        stall_factor: float = 2.0,
+        attempt_factor: float = 4.0,
     ) -> None:
         if consecutive_failures < 1 or base_ejection <= 0 or max_ejection < base_ejection:
             raise ValueError("need consecutive_failures >= 1 and 0 < base_ejection <= max_ejection")
+        if stall_after <= 0 or stall_factor < 1 or attempt_factor < 1:
+            raise ValueError("need stall_after > 0, stall_factor >= 1 and attempt_factor >= 1")
         self.consecutive_failures = consecutive_failures
         self.base_ejection = base_ejection
         self.max_ejection = max_ejection
+        self.stall_after = stall_after
+        self.stall_factor = stall_factor
+        self.attempt_factor = attempt_factor
         self._nodes: dict[str, _Record] = {}
+        self._activity: dict[str, _Activity] = {}
+        self._endpoints: dict[Hashable, RoundTrip] = {}
+
+    # -- failures and ejection ----------------------------------------------------------------
 
     def failed(self, node: Node) -> None:
         if len(self._nodes) > _MAX_TRACKED:
@@ -74,9 +127,82 @@ class OutlierDetector:
         return (time.monotonic() if now is None else now) < record.ejected_until
 
     def eligible(self, nodes: Sequence[Node]) -> Sequence[Node]:
-        """``nodes`` without the ejected ones; all of them when every one is ejected."""
-        if not self._nodes:
+        """``nodes`` without the ejected and stalled ones; all of them when none is left."""
+        if not self._nodes and not self._activity:
             return nodes
         now = time.monotonic()
-        healthy = [node for node in nodes if not self.ejected(node, now)]
+        healthy = [node for node in nodes if self.available(node, now)]
         return healthy or nodes
+
+    # -- calls outstanding, answers and stalls -----------------------------------------------
+
+    def sent(self, node: Node) -> float:
+        """A call went to ``node``; returns when, for ``answered``."""
+        now = time.monotonic()
+        activity = self._activity.get(node.id)
+        if activity is None:
+            if len(self._activity) > _MAX_TRACKED:
+                self._forget_idle()
+            activity = self._activity[node.id] = _Activity(answered_at=now)
+        if activity.outstanding == 0:
+            activity.waiting_since = now
+        activity.outstanding += 1
+        return now
+
+    def answered(self, node: Node, sent_at: float, endpoint: Hashable = None) -> None:
+        """``node`` answered the call sent at ``sent_at`` (with a reply or an error of its own):
+        it is up, and the time it took is a sample of its round trip and ``endpoint``'s."""
+        now = time.monotonic()
+        activity = self._activity[node.id]
+        activity.outstanding -= 1
+        activity.answered_at = now
+        if activity.round_trip is None:
+            activity.round_trip = RoundTrip()
+        activity.round_trip.observe(now - sent_at)
+        if endpoint is not None:
+            round_trip = self._endpoints.get(endpoint)
+            if round_trip is None:
+                if len(self._endpoints) > _MAX_TRACKED:
+                    self._endpoints.clear()
+                round_trip = self._endpoints[endpoint] = RoundTrip()
+            round_trip.observe(now - sent_at)
+
+    def abandoned(self, node: Node) -> None:
+        """The call sent to ``node`` ended without an answer (failed, timed out, cancelled)."""
+        self._activity[node.id].outstanding -= 1
+
+    def outstanding(self, node: Node) -> int:
+        activity = self._activity.get(node.id)
+        return 0 if activity is None else activity.outstanding
+
+    def stalled(self, node: Node, now: float | None = None) -> bool:
+        """Whether ``node`` has had a call outstanding too long with no answer meanwhile."""
+        activity = self._activity.get(node.id)
+        if activity is None or activity.outstanding == 0:
+            return False
+        silent = (time.monotonic() if now is None else now) - max(
+            activity.waiting_since, activity.answered_at
+        )
+        if silent <= self.stall_after:
+            return False
+        round_trip = activity.round_trip
+        return round_trip is None or silent > self.stall_factor * round_trip.bound
+
+    def available(self, node: Node, now: float) -> bool:
+        """Neither ejected nor stalled at ``now``."""
+        return not self.ejected(node, now) and not self.stalled(node, now)
+
+    def attempt_timeout(self, endpoint: Hashable, remaining: float | None) -> float | None:
+        """The time an attempt at ``endpoint`` that may be retried is given: ``attempt_factor``
+        times the bound of its round trip (never less than ``stall_after``), within
+        ``remaining``; ``remaining`` itself until the endpoint has answered a few times."""
+        round_trip = self._endpoints.get(endpoint)
+        if round_trip is None or round_trip.samples < 3:
+            return remaining
+        budget = max(self.stall_after, self.attempt_factor * round_trip.bound)
+        return budget if remaining is None or budget < remaining else remaining
+
+    def _forget_idle(self) -> None:
+        for node_id, activity in list(self._activity.items()):
+            if activity.outstanding == 0:
+                del self._activity[node_id]

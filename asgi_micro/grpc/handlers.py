@@ -134,6 +134,7 @@ def method_handler(
     kind it is. What every call needs is bound here, once: a call costs a few local lookups."""
     method = _Method(host, request, response)
     pipeline = host.pipeline
+    stats = pipeline.stats
     decode, encode, name, kind = method.decode, method.encode, rpc.name, rpc.kind
     client_streaming, server_streaming = rpc.client_streaming, rpc.server_streaming
     # The wrappers are in place once the service serves: what the pipeline makes of this RPC
@@ -145,7 +146,9 @@ def method_handler(
     async def serve(incoming: Any, call: Any) -> bytes | None:
         """One call: ``incoming`` is the request's bytes, or an async iterator over them for a
         stream of requests; the reply's bytes are returned, or a stream of replies written."""
-        pipeline.begin()
+        # Pipeline.begin/end written out: a method call costs more than this, on every call.
+        stats.requests += 1
+        stats.in_flight += 1
         failed = False
         request: Any = None
         try:
@@ -187,7 +190,11 @@ def method_handler(
         finally:
             if client_streaming:
                 await request.aclose()
-            pipeline.end(failed=failed)
+            stats.in_flight -= 1
+            if failed:
+                stats.errors += 1
+            if pipeline.draining:
+                pipeline.ended()
         return None
 
     if client_streaming:

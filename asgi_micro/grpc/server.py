@@ -3,7 +3,9 @@
 It serves every method of the service's ``GrpcSchema``, the standard health service
 (``grpc.health.v1``: ``SERVING``, ``NOT_SERVING`` from the moment the service starts to drain)
 and server reflection (v1alpha, from the schema's descriptor pool). ``stop(grace)`` stops taking
-calls and waits up to ``grace`` seconds for the running ones before cancelling them.
+calls and waits up to ``grace`` seconds for the running ones before cancelling them. A request
+message over ``max_message_size`` (the service's one limit, ``asgi_micro.limits``) is refused
+by grpc itself with ``RESOURCE_EXHAUSTED``, before it is decoded.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
+from ..limits import DEFAULT_MAX_MESSAGE_SIZE
 from ..protobuf import ProtoSchemaError
 from .handlers import method_handler
 from .schema import GrpcSchema, grpc_schema
@@ -27,9 +30,6 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "GrpcServer"]
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
-"""Largest request message, as for HTTP bodies; a larger one gets ``RESOURCE_EXHAUSTED``."""
 
 
 class GrpcServer:

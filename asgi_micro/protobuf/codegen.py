@@ -397,11 +397,17 @@ def _list_value_fields(value: Iterable[Any]) -> Fields:
 
 def _datetime(timestamp: Any) -> dt.datetime:
     # Python keeps microseconds: finer nanoseconds from other languages are truncated.
-    return _EPOCH + dt.timedelta(0, timestamp.seconds, timestamp.nanos // 1000)
+    try:
+        return _EPOCH + dt.timedelta(0, timestamp.seconds, timestamp.nanos // 1000)
+    except OverflowError as exc:  # the wire allows any int64; datetime ends at year 9999
+        raise BadRequest(f"Timestamp seconds={timestamp.seconds} is out of range") from exc
 
 
 def _timedelta(duration: Any) -> dt.timedelta:
-    return dt.timedelta(0, duration.seconds, int(duration.nanos / 1000))
+    try:
+        return dt.timedelta(0, duration.seconds, int(duration.nanos / 1000))
+    except OverflowError as exc:  # timedelta ends at 999999999 days
+        raise BadRequest(f"Duration seconds={duration.seconds} is out of range") from exc
 
 
 def _python(value: Any) -> Any:

@@ -211,3 +211,75 @@ async def test_only_the_allow_list_crosses_a_hop_and_never_the_callers_identity(
             metadata={"tenant": "acme", "secret": "s", "from-service": "admin"},
         )
     assert reply.metadata == {**arrives, "from-service": "b"}
+
+
+class Both(BaseModel):
+    called: Answer
+    posted: Answer
+
+
+def direct_relay_router() -> MicroRouter:
+    """``Relay.Direct`` calls C at an address of its own choosing, with ``call(address=)``
+    and with ``http()``: not a node the registry named."""
+    relay = MicroRouter("Relay")
+
+    @relay.rpc()
+    async def direct(req: Question, service: CurrentService) -> Both:
+        [record] = await service.registry.get_service("c")
+        address = record.nodes[0].address
+        called = await service.client.call(
+            "c", "Oracle.Ask", req, response_model=Answer, address=address
+        )
+        async with service.http() as http:
+            posted = await http.post(f"http://{address}/oracle/ask", json=req.model_dump())
+        return Both(called=called, posted=Answer.model_validate(posted.json()))
+
+    return relay
+
+
+async def test_an_address_the_caller_chose_gets_none_of_the_incoming_context() -> None:
+    """B propagates everything to the nodes the registry names; to an address it was given it
+    sends only what this call says (``call``: its own name, its deadline; ``http()``: as any
+    HTTP client, nothing)."""
+    registry = MemoryRegistry()
+    async with (
+        running("c", registry, answering_router("Oracle")),
+        running("b", registry, direct_relay_router(), propagate=("*",)),
+        Service("a", registry=registry) as a,
+    ):
+        reply = await a.client.call(
+            "b",
+            "Relay.Direct",
+            {"text": "hi"},
+            metadata={"tenant": "acme", "token": "t0k3n"},
+            response_model=Both,
+        )
+    called, posted = reply.called, reply.posted
+    assert called.metadata == {"from-service": "b"}
+    assert called.remaining_ms is not None  # the call's own deadline
+    assert posted.metadata == {}
+    assert posted.remaining_ms is None
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [("application/msgpack", b"\x81\xa1"), ("application/json", b'{"text": ')],
+)
+async def test_a_reply_that_does_not_decode_is_a_bad_gateway(
+    content_type: str, body: bytes
+) -> None:
+    """The caller's request was fine: a broken reply is the node's fault (502), not a 400."""
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def broken(request: object) -> Response:
+        return Response(body, media_type=content_type)
+
+    app = Starlette(routes=[Route("/oracle/ask", broken, methods=["POST"])])
+    async with serve(app) as address, Service("caller", registry=MemoryRegistry()) as caller:
+        with pytest.raises(errors.BadGateway, match="does not decode") as raised:
+            await caller.client.call(
+                "oracle", "Oracle.Ask", {"text": "x"}, address=address, content_type=content_type
+            )
+    assert raised.value.id == "asgi_micro.client"

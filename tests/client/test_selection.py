@@ -112,3 +112,58 @@ def test_all_ejected_means_try_them_anyway() -> None:
 def test_bad_ejection_settings() -> None:
     with pytest.raises(ValueError, match="consecutive_failures"):
         OutlierDetector(consecutive_failures=0)
+
+
+def test_a_silent_node_is_stalled_until_it_answers() -> None:
+    detector = OutlierDetector(stall_after=0.05)
+    silent, busy = NODES[0], NODES[1]
+    for _ in range(5):  # a few quick answers: a round trip of about nothing
+        detector.answered(busy, detector.sent(busy))
+        detector.answered(silent, detector.sent(silent))
+    detector.sent(silent)
+    sent_at = detector.sent(busy)
+    assert detector.outstanding(silent) == 1
+    assert not detector.stalled(silent)  # outstanding, but not for long yet
+    time.sleep(0.06)
+    detector.answered(busy, sent_at)
+    detector.sent(busy)  # outstanding too, but it answered a moment ago
+    assert detector.stalled(silent)
+    assert not detector.stalled(busy)
+    assert detector.eligible(NODES) == NODES[1:]
+    detector.abandoned(silent)  # the call gave up: nothing outstanding, nothing to wait for
+    assert not detector.stalled(silent)
+    assert detector.outstanding(silent) == 0
+
+
+def test_a_slow_node_is_given_the_time_it_usually_takes() -> None:
+    detector = OutlierDetector(stall_after=0.01, stall_factor=2.0)
+    node = NODES[0]
+    detector._activity.clear()
+    sent_at = detector.sent(node)
+    detector._activity[node.id].round_trip = None
+    time.sleep(0.02)
+    detector.answered(node, sent_at)  # one answer after 20 ms: its bound is 20 + 4 * 10 ms
+    detector.sent(node)
+    time.sleep(0.03)
+    assert not detector.stalled(node)  # 30 ms without an answer: within twice its bound
+    assert detector.stalled(node, now=time.monotonic() + 0.2)
+
+
+def test_attempt_timeouts_follow_the_endpoint_and_stay_within_the_deadline() -> None:
+    detector = OutlierDetector(stall_after=0.1, attempt_factor=4.0)
+    node, key = NODES[0], ("svc", "Svc.Get")
+    assert detector.attempt_timeout(key, 5.0) == 5.0  # nothing observed yet: the whole time
+    assert detector.attempt_timeout(key, None) is None
+    for _ in range(3):
+        detector.answered(node, detector.sent(node) - 0.05, key)  # 50 ms each
+    budget = detector.attempt_timeout(key, 5.0)
+    assert budget is not None
+    # Four times the bound: srtt 50 ms, rttvar 25 ms decayed twice by 3/4.
+    assert budget == pytest.approx(4 * (0.05 + 4 * 0.025 * 0.75**2), rel=0.05)
+    assert detector.attempt_timeout(key, 0.3) == 0.3  # never past the deadline
+    assert detector.attempt_timeout(key, None) == budget
+
+
+def test_bad_stall_settings() -> None:
+    with pytest.raises(ValueError, match="stall_after"):
+        OutlierDetector(stall_after=0)

@@ -98,7 +98,7 @@ async def test_a_service_serves_its_package_and_logs_what_stays_http_only(
 ) -> None:
     app = shop_app()
     service = Service(
-        "shop", registry=MemoryRegistry(), grpc_package="acme.shop.v1", grpc_max_message_size=1024
+        "shop", registry=MemoryRegistry(), grpc_package="acme.shop.v1", max_message_size=1024
     )
     app.router.lifespan_context = service.lifespan
     caplog.set_level(logging.WARNING, logger="asgi_micro")
