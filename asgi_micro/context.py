@@ -36,6 +36,7 @@ __all__ = [
     "read_headers",
     "read_metadata",
     "within_deadline",
+    "without_metadata",
 ]
 
 T = TypeVar("T")
@@ -202,6 +203,13 @@ def _read(headers: Sequence[tuple[Any, Any]], wire: _Wire[Any]) -> Context | Non
                 context = Context()
             context.trace[_text(name)] = _text(value)
     return context
+
+
+def without_metadata(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``headers`` without the ``Micro-*`` ones (metadata and deadline): what a service that
+    does not trust its callers reads. The trace headers stay: they say nothing about who calls,
+    and a trace that starts at the edge is still one trace."""
+    return [(name, value) for name, value in headers if not name.startswith(b"micro-")]
 
 
 def read_metadata(metadata: Sequence[tuple[str, str | bytes]]) -> Context | None:

@@ -27,7 +27,7 @@ from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from .context import read_headers, within_deadline
+from .context import read_headers, within_deadline, without_metadata
 from .endpoints import INTERNAL_PREFIX
 from .errors import (
     BadRequest,
@@ -61,6 +61,9 @@ class Served(Introspectable, Protocol):
     @property
     def max_message_size(self) -> int: ...
 
+    @property
+    def trust_callers(self) -> bool: ...
+
     def attach(self, app: ASGIApp) -> None: ...
 
     async def start(self) -> None: ...
@@ -92,6 +95,8 @@ class MicroMiddleware:
         if path.startswith(_INTERNAL):
             await serve_internal(service, scope, send)
             return
+        if not service.trust_callers:
+            scope["headers"] = without_metadata(scope["headers"])
         length = _body_length(scope)
         if length is None:
             receive = _limited(receive, service.max_message_size)
@@ -171,6 +176,8 @@ class MicroMiddleware:
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         service = self.service
         expose(scope, service)
+        if not service.trust_callers:
+            scope["headers"] = without_metadata(scope["headers"])
         limit = service.max_message_size
         closed = False
 

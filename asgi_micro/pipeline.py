@@ -149,8 +149,9 @@ Wrapper = Callable[[Call, Next], Awaitable[Any]]
 
 class Host(Protocol):
     """What serving code needs of the service it serves: its name, which errors carry as
-    their ``id``, its pipeline, and the largest request message it takes (``limits``).
-    Handlers' dependencies get the host as it is."""
+    their ``id``, its pipeline, the largest request message it takes (``limits``), and whether
+    it takes its callers' ``Micro-*`` metadata (``trust_callers``). Handlers' dependencies get
+    the host as it is."""
 
     @property
     def name(self) -> str: ...
@@ -160,6 +161,9 @@ class Host(Protocol):
 
     @property
     def max_message_size(self) -> int: ...
+
+    @property
+    def trust_callers(self) -> bool: ...
 
 
 @dataclass(slots=True)

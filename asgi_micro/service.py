@@ -84,6 +84,7 @@ class Service:
         grpc_package: str | None = None,
         max_message_size: int | None = None,
         propagate: Collection[str] | None = None,
+        trust_callers: bool | None = None,
     ) -> None:
         if not _NAME.fullmatch(name):
             raise ValueError(f"a service name is letters, digits, '.', '_' and '-', got {name!r}")
@@ -98,6 +99,9 @@ class Service:
             key.lower() for key in (settings.propagate if propagate is None else propagate)
         )
         """Metadata keys that calls made while handling a call carry on (``"*"``: all)."""
+        self.trust_callers = settings.trust_callers if trust_callers is None else trust_callers
+        """Whether callers' ``Micro-*`` metadata and deadline are taken; ``False`` for a
+        service that faces the outside (a browser's headers are not ours)."""
         self.max_message_size = max_message_size or settings.max_message_size
         """The largest request body, WebSocket message and gRPC message it takes."""
         if self.max_message_size < 0:

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     register_interval: float = 10.0
     propagate: Annotated[tuple[str, ...], NoDecode] = ()
     max_message_size: PositiveInt = DEFAULT_MAX_MESSAGE_SIZE
+    trust_callers: bool = True
     max_header_size: PositiveInt = DEFAULT_MAX_HEADER_SIZE
     header_timeout: PositiveFloat = DEFAULT_HEADER_TIMEOUT
     body_timeout: PositiveFloat = DEFAULT_BODY_TIMEOUT

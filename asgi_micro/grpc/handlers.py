@@ -33,7 +33,7 @@ from .status import error_metadata, status_for
 if TYPE_CHECKING:
     from ..pipeline import Host
 
-__all__ = ["CallContext", "method_handler"]
+__all__ = ["CallContext", "UntrustedCallContext", "method_handler"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,23 @@ class CallContext(Context):
             return
         found = read_metadata(call.invocation_metadata())
         _METADATA.__set__(self, {} if found is None else found.metadata)
+        _TRACE.__set__(self, {} if found is None else found.trace)
+
+
+class UntrustedCallContext(CallContext):
+    """The context of a gRPC call to a service that does not trust its callers: their
+    ``micro-*`` metadata is not read (the trace is, and gRPC's own deadline)."""
+
+    __slots__ = ()
+
+    def _read(self) -> None:
+        call, self._call = self._call, None
+        if call is None:
+            return
+        found = read_metadata(
+            [(key, value) for key, value in call.invocation_metadata() if key.startswith("trace")]
+        )
+        _METADATA.__set__(self, {})
         _TRACE.__set__(self, {} if found is None else found.trace)
 
 
@@ -135,6 +152,7 @@ def method_handler(
     method = _Method(host, request, response)
     pipeline = host.pipeline
     stats = pipeline.stats
+    call_context = CallContext if host.trust_callers else UntrustedCallContext
     decode, encode, name, kind = method.decode, method.encode, rpc.name, rpc.kind
     client_streaming, server_streaming = rpc.client_streaming, rpc.server_streaming
     # The wrappers are in place once the service serves: what the pipeline makes of this RPC
@@ -160,7 +178,7 @@ def method_handler(
                 except ValidationError as exc:
                     failed = method.fail(call, BadRequest.from_validation(exc, id=method.error_id))
                     return None
-            context = CallContext(call, call.time_remaining())
+            context = call_context(call, call.time_remaining())
             context.activate()  # until the call's task ends
             if direct is not None and context.deadline is None:
                 return encode(await direct(request))

@@ -14,7 +14,8 @@ from fastapi import FastAPI, Path
 from asgi_micro import MicroMiddleware, Service
 from example_apps.greeter.messages import HelloRequest, HelloResponse
 
-service = Service("frontend", version="1.0.0")
+# It faces browsers: their Micro-* headers are not ours to believe or pass on.
+service = Service("frontend", version="1.0.0", trust_callers=False)
 
 app = FastAPI(title="frontend")
 app.add_middleware(MicroMiddleware, service=service)
