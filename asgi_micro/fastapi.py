@@ -11,12 +11,13 @@ from fastapi import Depends
 
 from . import client as client_module
 from . import context as context_module
+from . import events as events_module
 from . import service as service_module
 from . import store as store_module
 from .pipeline import Host
 from .rpc import micro_dependency
 
-__all__ = ["Client", "Context", "CurrentService", "Store", "require_service"]
+__all__ = ["Broker", "Client", "Context", "CurrentService", "Store", "require_service"]
 
 
 def require_service(host: Host | None) -> service_module.Service:
@@ -44,6 +45,13 @@ def _client(host: Host | None, context: context_module.Context) -> client_module
 def _store(host: Host | None, context: context_module.Context) -> store_module.Store:
     return require_service(host).store
 
+
+def _publisher(host: Host | None, context: context_module.Context) -> events_module.Publisher:
+    return require_service(host).publisher
+
+
+Broker = Annotated[events_module.Publisher, Depends(micro_dependency(_publisher))]
+"""Publishes events for the service: ``await broker.publish("user.created", user)``."""
 
 Store = Annotated[store_module.Store, Depends(micro_dependency(_store))]
 """The service's store, scoped to its own table."""

@@ -22,16 +22,19 @@ import contextlib
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
 import httpx
 from starlette.middleware.errors import ServerErrorMiddleware
 
+from . import broker as broker_module
 from . import registry as registry_module
 from . import store as store_module
+from .broker import Broker
 from .endpoints import endpoints_of
+from .events import Events, Publisher, Subscriber
 from .grpc import GrpcServer, service_package
 from .middleware import MicroMiddleware
 from .openapi import use_served_openapi
@@ -54,6 +57,8 @@ __all__ = ["Part", "Service", "Settings", "Stats"]
 
 logger = logging.getLogger(__name__)
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -74,6 +79,7 @@ class Service:
         metadata: Mapping[str, str] | None = None,
         registry: Registry | str | None = None,
         store: Store | str | None = None,
+        broker: Broker | str | None = None,
         address: str | None = None,
         register_ttl: float | None = None,
         register_interval: float | None = None,
@@ -121,6 +127,15 @@ class Service:
             store_module.from_url,
             Parts(service=name, registry=self.registry),
         )
+        self.broker: Broker = self._backend(
+            broker or settings.broker,
+            broker_module.from_url,
+            Parts(service=name, registry=self.registry, store=self._store_backend),
+        )
+        if not self.broker.source:
+            self.broker.source = name
+        self.events = Events(self)
+        self.publisher = Publisher(self)
         self.grpc_package = grpc_package or settings.grpc_package
         self.grpc_server: GrpcServer | None = None
         if settings.grpc if grpc is None else grpc:
@@ -151,7 +166,7 @@ class Service:
 
     def _parts(self) -> list[Part]:
         """The parts to start, in order: the backends, then what serves an app."""
-        parts: list[Part] = [self.registry, self._store_backend]
+        parts: list[Part] = [self.registry, self._store_backend, self.broker, self.events]
         if self.app is not None:
             if self.grpc_server is not None:
                 parts.append(self.grpc_server)
@@ -255,6 +270,7 @@ class Service:
 
     async def _withdraw(self) -> bool:
         self.pipeline.draining = True
+        await self.events.stop()  # no new events; those being handled are in flight
         if self.grpc_server is not None:
             await self.grpc_server.drain()
         return await self.registrar.withdraw()
@@ -360,6 +376,50 @@ class Service:
             )
         return self._client
 
+    # -- events -------------------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        topic: str,
+        *,
+        queue: str | None = None,
+        concurrency: int = 16,
+        max_deliveries: int = broker_module.DEFAULT_MAX_DELIVERIES,
+    ) -> Callable[[F], F]:
+        """Run the decorated handler for each event on ``topic`` (see ``asgi_micro.events``):
+        every instance of the service gets each event, or with ``queue`` one member of that
+        queue group does. At most ``concurrency`` at a time per instance; after
+        ``max_deliveries`` failed deliveries the event goes to ``<topic>.dead``."""
+
+        def decorator(handler: F) -> F:
+            self.events.add(
+                Subscriber.of(
+                    topic,
+                    handler,
+                    queue=queue,
+                    concurrency=concurrency,
+                    max_deliveries=max_deliveries,
+                )
+            )
+            return handler
+
+        return decorator
+
+    async def publish(
+        self,
+        topic: str,
+        message: Any,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        content_type: str = "application/json",
+    ) -> str:
+        """Publish ``message`` on ``topic``; returns the event's id once the broker has
+        accepted it (see ``asgi_micro.events``)."""
+        return await self.publisher.publish(
+            topic, message, metadata=metadata, timeout=timeout, content_type=content_type
+        )
+
     def http(self, **options: Any) -> httpx.AsyncClient:
         """An ``httpx.AsyncClient`` in which ``http://<service>/...`` reaches a node of that
         service, chosen, retried and ejected like any call (see ``Client.http``)."""
@@ -370,7 +430,7 @@ class Service:
 
 
 def _is_backend(part: Part) -> bool:
-    return isinstance(part, Registry | Store)
+    return isinstance(part, Registry | Store | Broker)
 
 
 def _install_middleware(app: Any, service: Service) -> None:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import PositiveFloat, PositiveInt, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from . import broker as broker_module
 from . import registry as registry_module
 from . import store as store_module
 from .limits import (
@@ -33,6 +34,7 @@ class Settings(BaseSettings):
 
     registry: str = registry_module.DEFAULT_URL
     store: str = store_module.DEFAULT_URL
+    broker: str = broker_module.DEFAULT_URL
     address: str | None = None
     grpc: bool = True
     grpc_address: str | None = None

@@ -13,7 +13,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
 SOURCE = "\n".join(
-    path.read_text(encoding="utf-8") for path in sorted((ROOT / "asgi_micro").rglob("*.py"))
+    path.read_text(encoding="utf-8")
+    for package in ("asgi_micro", "integrations")
+    for path in sorted((ROOT / package).rglob("*.py"))
 )
 
 

@@ -32,8 +32,10 @@ __all__ = ["ClientCall", "ClientNext", "ClientWrapper"]
 
 
 class ClientCall(BaseCall):
-    """One outgoing call: ``protocol`` is ``http`` or ``grpc``; ``kind`` is ``unary``,
-    ``server``, ``client`` or ``bidi`` (``http`` for a request through ``service.http()``);
+    """One outgoing call: ``protocol`` is ``http``, ``grpc`` or ``event``; ``kind`` is
+    ``unary``, ``server``, ``client`` or ``bidi`` (``http`` for a request through
+    ``service.http()``, ``publish`` for an event, whose ``service`` and ``endpoint`` are the
+    topic);
     ``address`` is set when the caller named the node; ``state`` is for wrappers."""
 
     __slots__ = ("address", "service")
@@ -42,7 +44,7 @@ class ClientCall(BaseCall):
         self,
         service: str,
         endpoint: str,
-        protocol: Literal["http", "grpc"],
+        protocol: Literal["http", "grpc", "event"],
         context: Context,
         *,
         request: Any = None,

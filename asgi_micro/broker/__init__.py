@@ -1,0 +1,57 @@
+"""Events: publish on a topic, subscribe with or without a queue group, delivered at least once.
+
+``http://`` is the embedded default (no server: subscribers receive inside their app, the
+publisher keeps what it has not delivered in a durable outbox); ``memory://`` keeps everything
+in the process, with the same semantics, for tests; ``nats://`` (JetStream), ``redis://``
+(Streams) and ``amqp://`` (RabbitMQ) come from ``integrations/`` with their extras.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from ..plugins import Backend, Parts, load_backend
+from .base import (
+    DEAD_SUFFIX,
+    DEFAULT_MAX_DELIVERIES,
+    ERROR_HEADER,
+    Broker,
+    Delivery,
+    Event,
+    Handler,
+    Redelivery,
+    Subscription,
+    envelope,
+)
+
+__all__ = [
+    "BACKENDS",
+    "DEAD_SUFFIX",
+    "DEFAULT_MAX_DELIVERIES",
+    "DEFAULT_URL",
+    "ERROR_HEADER",
+    "Broker",
+    "Delivery",
+    "Event",
+    "Handler",
+    "Redelivery",
+    "Subscription",
+    "envelope",
+    "from_url",
+]
+
+DEFAULT_URL: Final = "memory://"
+"""Until the embedded HTTP broker lands: the in-process broker."""
+
+BACKENDS: dict[str, Backend] = {
+    "memory": Backend("asgi_micro.broker.memory:MemoryBroker"),
+}
+
+
+def from_url(url: str, *, parts: Parts | None = None) -> Broker:
+    """The broker that ``url`` names, e.g. ``memory://`` or ``nats://127.0.0.1:4222``.
+
+    Nothing connects until ``start()``.
+    """
+    broker: Broker = load_backend("broker", url, BACKENDS, parts=parts)
+    return broker

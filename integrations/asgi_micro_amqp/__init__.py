@@ -1,0 +1,1 @@
+"""The amqp backends of asgi-micro."""

@@ -1,0 +1,1 @@
+"""The nats backends of asgi-micro."""

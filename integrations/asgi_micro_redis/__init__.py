@@ -1,0 +1,1 @@
+"""The redis backends of asgi-micro."""
