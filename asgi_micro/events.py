@@ -19,6 +19,11 @@ allow-list names, ``from-service``, the trace; a deadline only when ``publish`` 
 ``timeout`` (an event outlives the call that published it, so it does not inherit that call's
 deadline). A handler runs within the event's deadline, if it has one; an event whose deadline
 passed before it arrived is dead-lettered as a ``Timeout``.
+
+``service.publishes("user.created", User)`` declares a topic the service publishes: the
+AsyncAPI document (``asgi_micro.asyncapi``) lists it, and ``publish`` on it takes a ``User``
+or what validates into one (a dict), encoded as a ``User``; anything else raises
+``ValueError`` before it reaches the broker, rather than at every subscriber as a dead letter.
 """
 
 from __future__ import annotations
@@ -42,13 +47,14 @@ from .client.calls import ClientCall
 from .codec import JSON, codec_for_content_type
 from .context import Context, read_metadata, within_deadline
 from .errors import BadRequest, Timeout, UnsupportedMediaType
+from .messages import MessageType
 from .pipeline import Call
 from .rpc import RPC
 
 if TYPE_CHECKING:
     from .service import Service
 
-__all__ = ["Events", "Publisher", "Subscriber"]
+__all__ = ["Events", "Publication", "Publisher", "Subscriber"]
 
 
 @dataclass(slots=True, eq=False)
@@ -87,13 +93,50 @@ class Subscriber:
         return cls(topic, rpc, queue, concurrency, max_deliveries)
 
 
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """A topic the service publishes and the type of its messages (``service.publishes``):
+    what the AsyncAPI document lists, and what ``publish`` checks a message against."""
+
+    topic: str
+    message: MessageType
+    description: str | None = None
+
+    def conform(self, message: Any) -> Any:
+        """``message`` as the declared type: an instance as it is, anything else (a dict)
+        validated into it. One that does not fit is the publisher's bug, not a bad request:
+        ``ValueError`` (a handler publishing it fails with a 500, not its caller's 400)."""
+        declared = self.message.type
+        if isinstance(declared, type) and isinstance(message, declared):
+            return message
+        try:
+            return self.message.validate_python({} if message is None else message)
+        except (ValidationError, BadRequest) as exc:
+            detail = exc.detail if isinstance(exc, BadRequest) else str(exc)
+            raise ValueError(
+                f"{self.topic}: the message is not the {self.message!r} declared with "
+                f"service.publishes: {detail}"
+            ) from exc
+
+
 class Events:
     """The part of a service that runs its subscribers on its broker: ``start`` subscribes
-    each, ``stop`` unsubscribes them once the events being handled are done."""
+    each, ``stop`` unsubscribes them once the events being handled are done. ``published``
+    holds the topics the service declared it publishes."""
 
     def __init__(self, service: Service) -> None:
         self.service = service
         self.subscribers: list[Subscriber] = []
+        self.published: dict[str, Publication] = {}
+
+    def declare(self, publication: Publication) -> None:
+        found = self.published.get(publication.topic)
+        if found is not None and found.message is not publication.message:
+            raise ValueError(
+                f"{publication.topic}: declared already with {found.message!r}, "
+                f"not {publication.message!r}"
+            )
+        self.published[publication.topic] = publication
 
     def add(self, subscriber: Subscriber) -> None:
         if any(s.subscription is not None for s in self.subscribers):
@@ -217,22 +260,28 @@ class Publisher:
         broker has accepted it. ``metadata`` joins what the allow-list propagates; ``timeout``
         gives the event a deadline."""
         service = self.service
+        declared = service.events.published.get(topic)
+        if declared is not None:
+            message = declared.conform(message)
         client = service.client
         context = client._context(None, metadata)
         context.deadline = None
         if timeout is not None:
             context = context.onward(timeout=timeout, propagate=("*",))
         call = ClientCall(topic, topic, "event", context, request=message, kind="publish")
-        result: str = await client._run(call, self._send(content_type))
+        send = self._send(content_type, declared.message if declared is not None else None)
+        result: str = await client._run(call, send)
         return result
 
-    def _send(self, content_type: str) -> Callable[[ClientCall], Any]:
+    def _send(
+        self, content_type: str, message_type: MessageType | None
+    ) -> Callable[[ClientCall], Any]:
         broker: Broker = self.service.broker
 
         async def send(call: ClientCall) -> str:
             codec = codec_for_content_type(content_type) or JSON
             message = call.request
-            body = codec.encode({} if message is None else message)
+            body = codec.encode({} if message is None else message, message_type)
             context = call.context
             headers = headers_of(context.headers())
             headers.update(deadline_header(context.deadline))

@@ -1,20 +1,23 @@
-"""The routes under ``/_micro/``: health, stats and this node's registry record."""
+"""The routes under ``/_micro/``: health, stats, this node's registry record and the AsyncAPI
+document of its events (``asyncapi.json``), and the ASGI apps that parts of the service serve
+there (``internal_apps``: the embedded broker receives events at ``/_micro/broker/``)."""
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 import psutil
 
+from .asyncapi import Described, asyncapi
 from .errors import MethodNotAllowed, NotFound
 from .pipeline import Host
 from .registry.mdns import REGISTRY_PATH
 from .responses import send_error, send_response
-from .types import ASGIApp, Scope, Send
+from .types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from .registry import Service as ServiceRecord
@@ -22,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["Introspectable", "serve_internal"]
 
 
-class Introspectable(Host, Protocol):
+class Introspectable(Host, Described, Protocol):
     """What the internal routes show of a service."""
 
     @property
@@ -36,6 +39,11 @@ class Introspectable(Host, Protocol):
 
     @property
     def app(self) -> ASGIApp | None: ...
+
+    @property
+    def internal_apps(self) -> Mapping[str, ASGIApp]:
+        """ASGI apps served under ``/_micro/``, by path prefix."""
+        ...
 
     def record(self) -> ServiceRecord: ...
 
@@ -71,15 +79,27 @@ def _registry(service: Introspectable) -> tuple[int, dict[str, Any]]:
     return 200, service.record().to_dict()
 
 
+def _asyncapi(service: Introspectable) -> tuple[int, dict[str, Any]]:
+    return 200, asyncapi(service)
+
+
 _ROUTES: dict[str, Callable[[Introspectable], tuple[int, dict[str, Any]]]] = {
     "/_micro/health": _health,
     "/_micro/stats": _stats,
     REGISTRY_PATH: _registry,
+    "/_micro/asyncapi.json": _asyncapi,
 }
 
 
-async def serve_internal(service: Introspectable, scope: Scope, send: Send) -> None:
-    route = _ROUTES.get(scope["path"].rstrip("/"))
+async def serve_internal(
+    service: Introspectable, scope: Scope, receive: Receive, send: Send
+) -> None:
+    path = scope["path"]
+    for prefix, app in service.internal_apps.items():
+        if path.startswith(prefix):
+            await app(scope, receive, send)
+            return
+    route = _ROUTES.get(path.rstrip("/"))
     if route is None:
         await send_error(send, NotFound(f"no internal route {scope['path']}", id=service.name))
         return

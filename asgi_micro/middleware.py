@@ -93,7 +93,7 @@ class MicroMiddleware:
             state[STATE_KEY] = service
         path = scope["path"]
         if path.startswith(_INTERNAL):
-            await serve_internal(service, scope, send)
+            await serve_internal(service, scope, receive, send)
             return
         if not service.trust_callers:
             scope["headers"] = without_metadata(scope["headers"])

@@ -85,16 +85,34 @@ class Registrar:
         self.node: Node | None = None
         self.registered = asyncio.Event()
         self._heartbeat: asyncio.Task[None] | None = None
+        self._advertised: list[Callable[[], Mapping[str, str]]] = []
+
+    def advertise(self, source: Callable[[], Mapping[str, str]]) -> None:
+        """Add node metadata that changes while the node runs (the embedded broker's
+        subscriptions): ``source()`` is read at each registration; ``refresh`` registers a
+        change at once."""
+        self._advertised.append(source)
 
     def record(self) -> ServiceRecord:
         """This node as a registry record."""
+        node = self.node
+        if node is not None and self._advertised:
+            metadata = dict(node.metadata)
+            for source in self._advertised:
+                metadata.update(source())
+            node = Node(id=node.id, address=node.address, metadata=metadata)
         return ServiceRecord(
             name=self.name,
             version=self.version,
             metadata=dict(self.metadata),
             endpoints=self.endpoints(),
-            nodes=[self.node] if self.node is not None else [],
+            nodes=[node] if node is not None else [],
         )
+
+    async def refresh(self) -> None:
+        """Register the node again now, if it is registered: its record changed."""
+        if self.registered.is_set():
+            await self._register()
 
     async def start(self) -> None:
         """Register now when the address is known (a bad one raises here), else once the

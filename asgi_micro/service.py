@@ -33,9 +33,12 @@ from . import broker as broker_module
 from . import registry as registry_module
 from . import store as store_module
 from .broker import Broker
+from .broker.base import check_topic
+from .broker.http import Embeddable
 from .endpoints import endpoints_of
-from .events import Events, Publisher, Subscriber
+from .events import Events, Publication, Publisher, Subscriber
 from .grpc import GrpcServer, service_package
+from .messages import message_type
 from .middleware import MicroMiddleware
 from .openapi import use_served_openapi
 from .pipeline import Pipeline, Stats, Wrapper
@@ -114,6 +117,9 @@ class Service:
             raise ValueError(f"max_message_size must be positive, got {max_message_size}")
         self.pipeline = Pipeline(self)
         self.app: ASGIApp | None = None
+        self.internal_apps: dict[str, ASGIApp] = {}
+        """ASGI apps that parts serve under ``/_micro/``, by path prefix (the embedded
+        broker's inbox)."""
 
         # The parts, in the order they start. Backends given as objects belong to the caller,
         # who starts them too (a service starts them if needed) and stops them.
@@ -157,6 +163,8 @@ class Service:
             interval=settings.register_interval if register_interval is None else register_interval,
             announced=[self.grpc_server] if self.grpc_server is not None else [],
         )
+        if isinstance(self.broker, Embeddable):  # it receives in this service's app
+            self.broker.embed(self)
         self._started = False
         self._signals = ExitSignals(self.drain, lambda: self._started)
         self._client: Client | None = None
@@ -404,6 +412,14 @@ class Service:
             return handler
 
         return decorator
+
+    def publishes(self, topic: str, message: Any, *, description: str | None = None) -> None:
+        """Declare that the service publishes ``message`` (a pydantic model, a protobuf class,
+        any type pydantic validates) on ``topic``: the AsyncAPI document
+        (``/_micro/asyncapi.json``) lists it, and ``publish`` on ``topic`` then takes that type
+        or what validates into it, and raises ``ValueError`` for anything else."""
+        check_topic(topic)
+        self.events.declare(Publication(topic, message_type(message), description))
 
     async def publish(
         self,

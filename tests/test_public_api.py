@@ -51,8 +51,16 @@ MODULES = [
     "asgi_micro.cli.services",
     "asgi_micro.cli.store",
     "asgi_micro.cli.proto",
+    "asgi_micro.cli.asyncapi",
+    "asgi_micro.cli.events",
+    "asgi_micro.asyncapi",
     "asgi_micro.limits",
     "asgi_micro.server",
+    "asgi_micro.broker.http",
+    "asgi_micro.broker.inbox",
+    "asgi_micro.broker.outbox",
+    "asgi_micro.broker.sender",
+    "asgi_micro.broker.directory",
 ]
 
 

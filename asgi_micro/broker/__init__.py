@@ -40,10 +40,11 @@ __all__ = [
     "from_url",
 ]
 
-DEFAULT_URL: Final = "memory://"
-"""Until the embedded HTTP broker lands: the in-process broker."""
+DEFAULT_URL: Final = "http://"
+"""The embedded broker: no server, subscribers receive in their own apps."""
 
 BACKENDS: dict[str, Backend] = {
+    "http": Backend("asgi_micro.broker.http:HTTPBroker"),
     "memory": Backend("asgi_micro.broker.memory:MemoryBroker"),
 }
 

@@ -11,7 +11,6 @@ the hub lives as long as the process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -87,7 +86,9 @@ class MemoryBroker(Broker):
         if hub is None:
             hub = _HUBS[name] = _Hub()
         self._hub = hub  # held here: the hub lives while a broker on it does
-        self._pumps: dict[Subscription, tuple[asyncio.Task[None], _Queue]] = {}
+        self._pumps: dict[
+            Subscription, tuple[list[asyncio.Task[None]], _Queue, set[asyncio.Task[None]]]
+        ] = {}
 
     @classmethod
     def from_url(cls, url: str, *, parts: Parts | None = None) -> Self:
@@ -116,29 +117,40 @@ class MemoryBroker(Broker):
             key = (subscription.topic, subscription.queue)
             queue = hub.groups.get(key) or hub.groups.setdefault(key, _Queue())
         queue.members += 1
-        pump = asyncio.create_task(self._pump(subscription, queue))
-        self._pumps[subscription] = (pump, queue)
+        # As many workers as the subscription may handle events at once: each takes an event
+        # only when it is free, which is the backpressure, and no event costs a task.
+        busy: set[asyncio.Task[None]] = set()
+        workers = [
+            asyncio.create_task(self._work(subscription, queue, busy))
+            for _ in range(subscription.concurrency)
+        ]
+        self._pumps[subscription] = (workers, queue, busy)
 
-    async def _pump(self, subscription: Subscription, queue: _Queue) -> None:
-        while True:
-            await subscription.acquire()
+    async def _work(
+        self, subscription: Subscription, queue: _Queue, busy: set[asyncio.Task[None]]
+    ) -> None:
+        items = queue.items
+        me = asyncio.current_task()
+        assert me is not None
+        while subscription.active:
+            item = await items.get()
+            busy.add(me)
             try:
-                item = await queue.items.get()
-            except BaseException:
-                subscription.release()
-                raise
-            subscription.start(_MemoryDelivery(item, queue))
+                await subscription.deliver(_MemoryDelivery(item, queue))
+            finally:
+                busy.discard(me)
 
     async def unsubscribe(self, subscription: Subscription) -> None:
         found = self._pumps.pop(subscription, None)
         if found is None:
             return
-        pump, queue = found
+        workers, queue, busy = found
         subscription.active = False
-        pump.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pump
-        await subscription.drain()
+        # A worker waiting for an event stops at once; one handling an event finishes it.
+        for worker in workers:
+            if worker not in busy:
+                worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
         queue.members -= 1
         if subscription.queue is None:
             queues = self._hub.broadcast.get(subscription.topic, [])

@@ -1,11 +1,13 @@
 """The ``asgi-micro`` command: run a service, look at the registry, call endpoints, read the
-store, print the ``.proto``."""
+store, publish and subscribe to events, print the ``.proto`` and the AsyncAPI document."""
 
 from __future__ import annotations
 
 import typer
 
 from .apps import import_app, locate_app
+from .asyncapi import asyncapi
+from .events import publish, subscribe
 from .proto import proto
 from .run import run
 from .services import call, describe, health, services
@@ -19,7 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-for command in (run, services, describe, call, health, proto):
+for command in (run, services, describe, call, health, publish, subscribe, proto, asyncapi):
     app.command()(command)
 app.add_typer(store_app, name="store", help="Read and write the store.")
 

@@ -1,4 +1,5 @@
-"""Finding the app a command serves or describes: ``module:attr`` or a path to a file."""
+"""Finding the app a command serves or describes (``module:attr`` or a path to a file), and
+the service that serves it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from typing import Any
 
 import typer
 
-__all__ = ["import_app", "locate_app"]
+from ..service import Service
+
+__all__ = ["import_app", "locate_app", "service_of"]
 
 
 def locate_app(target: str) -> tuple[str, str]:
@@ -55,3 +58,14 @@ def import_app(target: str) -> Any:
         raise typer.BadParameter(
             f"{module_name} has no attribute {attr!r}", param_hint="APP"
         ) from None
+
+
+def service_of(app: Any, module: Any) -> Service | None:
+    """The ``Service`` of an app: the one its ``MicroMiddleware`` got, else the only one its
+    module defines (``FastAPI(lifespan=service.lifespan)``)."""
+    for middleware in getattr(app, "user_middleware", ()):
+        service = middleware.kwargs.get("service")
+        if isinstance(service, Service):
+            return service
+    found = [value for value in vars(module).values() if isinstance(value, Service)]
+    return found[0] if len(found) == 1 else None

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from ..grpc.schema import grpc_schema, service_package
 from ..protobuf import IncompatibleSchema, ProtoSchemaError, check_compatible, render_proto
-from ..service import Service
-from .apps import import_app, locate_app
+from .apps import import_app, locate_app, service_of
 
 __all__ = ["proto"]
 
@@ -42,7 +41,7 @@ def proto(
     app = import_app(target)
     if package is None:
         module = sys.modules.get(locate_app(target)[0].partition(":")[0])
-        service = _service_of(app, module)
+        service = service_of(app, module)
         if service is None:
             raise typer.BadParameter(
                 "cannot tell which Service serves this app; name the package with --package",
@@ -71,14 +70,3 @@ def proto(
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
     typer.echo(render_proto(schema.proto), nl=False)
-
-
-def _service_of(app: Any, module: Any) -> Any:
-    """The ``Service`` of an app: the one its ``MicroMiddleware`` got, else the only one its
-    module defines (``FastAPI(lifespan=service.lifespan)``)."""
-    for middleware in getattr(app, "user_middleware", ()):
-        service = middleware.kwargs.get("service")
-        if isinstance(service, Service):
-            return service
-    found = [value for value in vars(module).values() if isinstance(value, Service)]
-    return found[0] if len(found) == 1 else None
