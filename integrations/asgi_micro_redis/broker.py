@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisBroker"]
 
-ERROR_ID: Final = "asgi_micro.broker"
+BROKER_ID: Final = "asgi_micro.broker"
 OPTIONS: Final = ("prefix", "maxlen", "reclaim_idle", "block")
 
 
@@ -118,7 +118,7 @@ class RedisBroker(Broker):
             await self.redis.ping()
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise ServiceUnavailable(
-                f"Redis at {self.url} is unreachable: {exc}", id=ERROR_ID
+                f"Redis at {self.url} is unreachable: {exc}", id=BROKER_ID
             ) from exc
 
     async def stop(self) -> None:
@@ -140,7 +140,7 @@ class RedisBroker(Broker):
             )
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise ServiceUnavailable(
-                f"could not publish on {topic} to Redis at {self.url}: {exc}", id=ERROR_ID
+                f"could not publish on {topic} to Redis at {self.url}: {exc}", id=BROKER_ID
             ) from exc
 
     async def attach(self, subscription: Subscription) -> None:
@@ -155,7 +155,7 @@ class RedisBroker(Broker):
             await reader.stop()
             raise ServiceUnavailable(
                 f"could not subscribe to {subscription.topic} on Redis at {self.url}: {exc}",
-                id=ERROR_ID,
+                id=BROKER_ID,
             ) from exc
         self._readers[subscription] = reader
 

@@ -10,7 +10,6 @@ member takes it over. A member that leaves gives back what never reached its han
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import logging
 import math
@@ -25,7 +24,7 @@ from redis.exceptions import RedisError, ResponseError
 from asgi_micro.broker import Delivery, Event, Subscription
 
 from . import scripts
-from .readers import Reader, decode
+from .readers import Reader, decode, finish
 
 if TYPE_CHECKING:
     from .broker import RedisBroker
@@ -224,8 +223,7 @@ class GroupReader(Reader):
     async def leave(self) -> None:
         if self._keeper is not None:  # kept until the last handler is done
             self._keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keeper
+            await finish(self._keeper, patience=0.0)
         nacked = list(self._nacked)
         released = await self._release(
             keys=[self.key],

@@ -31,7 +31,7 @@ from asgi_micro.broker import Delivery, Event, Subscription
 if TYPE_CHECKING:
     from .broker import RedisBroker
 
-__all__ = ["BODY", "BroadcastReader", "Reader", "decode"]
+__all__ = ["BODY", "BroadcastReader", "Reader", "decode", "finish"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,8 @@ class Reader(ABC):
         self._blocked_until: float | None = None  # when the blocking read under way ends
         self._timer: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+        self._idle = False  # waiting for a slot or to try again, not for Redis
 
     async def start(self) -> None:
         """Make what the reader needs on the server, then start reading."""
@@ -99,20 +101,25 @@ class Reader(ABC):
 
     async def stop(self) -> None:
         """Stop reading, then wait for the deliveries running now."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self._stopping = True
+        task = self._task
+        if task is not None:
+            # A task cancelled while it waits for a reply may lose the cancellation in
+            # redis-py (and the reply, with what it delivered): a read under way is cut short
+            # on the server instead, and the reader returns by itself.
+            if self._idle:
+                task.cancel()
+            else:
+                self._unblock()
+            await finish(task, patience=self.block + 1.0)
         if self._timer is not None:
             self._timer.cancel()
         await self.subscription.drain()
         try:
-            if self._task is not None:
+            if task is not None:
                 await self.leave()
         except RedisError:
             logger.warning("could not leave %s cleanly", self.key, exc_info=True)
-        for task in list(self._background):
-            task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         if self._connection is not None:
             await self._connection.aclose()
@@ -134,15 +141,17 @@ class Reader(ABC):
     async def _run(self) -> None:
         subscription = self.subscription
         failures = 0
-        while True:
-            taken = await self._take()
-            try:
-                deliveries = await self.fetch(taken)
-            except BaseException as exc:
+        while not self._stopping:
+            taken = await self._between(self._take())
+            if self._stopping:
                 for _ in range(taken):
                     subscription.release()
-                if not isinstance(exc, Exception):
-                    raise
+                return
+            try:
+                deliveries = await self.fetch(taken)
+            except Exception as exc:
+                for _ in range(taken):
+                    subscription.release()
                 failures += 1
                 # Redis down for longer than the client's own retries, or a defect: keep
                 # reading, slower and slower.
@@ -158,13 +167,26 @@ class Reader(ABC):
                     with contextlib.suppress(RedisError):
                         if await self.recover(exc) and failures == 1:
                             continue  # at once, the first time
-                await asyncio.sleep(_BACKOFF.compute(failures))
+                await self._between(asyncio.sleep(_BACKOFF.compute(failures)))
                 continue
+            except BaseException:
+                for _ in range(taken):
+                    subscription.release()
+                raise
             failures = 0
+            # Even when stopping: what was fetched is handled (stop waits for it).
             for delivery in deliveries:
                 self._start(delivery)
             for _ in range(taken - len(deliveries)):
                 subscription.release()
+
+    async def _between(self, waiting: Awaitable[T]) -> T:
+        """Await ``waiting``, which sends no command: ``stop`` may cancel it."""
+        self._idle = True
+        try:
+            return await waiting
+        finally:
+            self._idle = False
 
     async def _take(self) -> int:
         """Wait for a free slot, then take every other free one (each without waiting)."""
@@ -187,7 +209,7 @@ class Reader(ABC):
     async def blocking(self, read: Callable[[int], Awaitable[T]], until: float) -> T:
         """``read(block_ms)``, a read that blocks until ``until`` (``time.monotonic()``) at most."""
         now = time.monotonic()
-        timeout = min(self.block, max(until - now, 0.001))
+        timeout = 0.001 if self._stopping else min(self.block, max(until - now, 0.001))
         self._blocked_until = now + timeout
         try:
             return await read(max(1, int(timeout * 1000)))
@@ -297,3 +319,18 @@ class _BroadcastDelivery(Delivery):
 
     async def nack(self, delay: float) -> None:
         self._reader.again(self.event, delay)
+
+
+async def finish(task: asyncio.Task[Any], *, patience: float) -> None:
+    """Wait up to ``patience`` seconds for ``task`` to end, then cancel it until it does (a
+    cancellation can be lost in redis-py: redis/redis-py#2028)."""
+    await asyncio.wait({task}, timeout=patience)
+    for _ in range(20):
+        if task.done():
+            break
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+    if not task.done():
+        logger.error("%s did not stop", task.get_name())
+    elif not task.cancelled() and task.exception() is not None:
+        logger.error("%s failed", task.get_name(), exc_info=task.exception())

@@ -264,6 +264,22 @@ async def test_a_read_waits_on_the_server_less_than_the_socket_timeout(
     assert not [record for record in caplog.records if "failed" in record.getMessage()]
 
 
+async def test_unsubscribing_cuts_a_blocked_read_short() -> None:
+    name = topic()
+    async with started(block="10", socket_timeout="30") as (make, _):
+        member = make("billing")
+        await member.start()
+        grouped = await member.subscribe(name, recorder([]), queue="billing")
+        everyone = await member.subscribe(name, recorder([]))
+        await asyncio.sleep(0.3)  # both readers wait on the server, for up to 10 s
+        took = []
+        for subscription in (grouped, everyone):
+            began = time.monotonic()
+            await member.unsubscribe(subscription)
+            took.append(time.monotonic() - began)
+    assert max(took) < 1.0, took
+
+
 async def test_a_handler_running_past_the_reclaim_time_keeps_its_event() -> None:
     name = topic()
     async with started(reclaim_idle="0.4") as (make, _):
