@@ -97,6 +97,61 @@ async def micro(url: str, handled: Handled) -> AsyncIterator[Publish]:
 
 
 @contextlib.asynccontextmanager
+async def micro_http(handled: Handled) -> AsyncIterator[Publish]:
+    """The embedded broker: the subscriber serves its app on loopback (uvicorn, in this
+    process), the publisher finds it through a shared in-memory registry."""
+    import tempfile
+
+    import uvicorn
+    from fastapi import FastAPI
+
+    from asgi_micro import Service
+    from asgi_micro.registry.memory import MemoryRegistry
+    from benchmarks.harness import free_port
+
+    registry = MemoryRegistry()
+    topic = f"bench.{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory() as outbox:
+        port = free_port()
+        subscriber = Service(
+            "bench-sub",
+            registry=registry,
+            store="memory://",
+            broker="http://",
+            address=f"127.0.0.1:{port}",
+            grpc=False,
+        )
+        publisher = Service(
+            "bench-pub",
+            registry=registry,
+            store="memory://",
+            broker=f"http://?outbox={outbox}/outbox.db",
+            grpc=False,
+        )
+
+        @subscriber.subscribe(topic, queue="bench")
+        async def on_person(person: Person) -> None:
+            handled(person.sent_at)
+
+        app = FastAPI(lifespan=subscriber.lifespan)
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        )
+        serving = asyncio.create_task(server.serve())
+        try:
+            await subscriber.wait_registered()
+            async with publisher:
+
+                async def publish(sent_at: float) -> None:
+                    await publisher.publish(topic, Person(name="Ada", age=36, sent_at=sent_at))
+
+                yield publish
+        finally:
+            server.should_exit = True
+            await serving
+
+
+@contextlib.asynccontextmanager
 async def memory_broker(handled: Handled) -> AsyncIterator[Publish]:
     from asgi_micro.broker import Event
     from asgi_micro.broker.memory import MemoryBroker
@@ -291,6 +346,7 @@ def micro_on(url: Callable[[], str]) -> Callable[[Handled], Any]:
 SCENARIOS: dict[str, Callable[[Handled], Any]] = {
     "memory": micro_on(lambda: f"memory://{uuid.uuid4().hex}"),
     "memory-broker": memory_broker,
+    "http": micro_http,
     "nats": micro_on(lambda: _nats_url(f"bench_{uuid.uuid4().hex[:8]}")),
     "nats-py-js": nats_py_js,
     "nats-py-core": nats_py_core,

@@ -27,10 +27,10 @@ settled, and an event that kills every member that takes it does not circle fore
 
 Headers travel as NATS headers, as published; the server's own (``Nats-*``) are left out.
 
-nats-py reconnects by itself; once it has, every pull is asked again at once (the server forgot
-those of the old connection), a pull left unanswered past its expiry is asked again, and a
-consumer that disappeared (deleted by hand, or by the server for inactivity) is created again
-with the same name, from the events published after that.
+nats-py reconnects by itself; once it has, every pull is asked again at once (the server may
+have dropped those of the old connection), a pull left unanswered past its expiry is asked
+again, and a consumer that disappeared (deleted by hand, or by the server for inactivity) is
+created again with the same name, from the events published after that.
 
 Query options: ``stream`` (``MICRO_EVENTS``), ``prefix`` (``micro.events``), ``ack_wait``
 (seconds, 30), ``max_deliver`` (-1 for no limit), ``inactive`` (seconds, 300), ``timeout`` (of a
@@ -214,7 +214,8 @@ class NATSBroker(Broker):
             "reconnected to NATS at %s",
             nc.connected_url.netloc if nc and nc.connected_url else self.url,
         )
-        # the server forgot the pulls of the old connection: ask again now, not at their expiry
+        # the server may have dropped the pulls of the old connection: ask again now, not at
+        # their expiry
         for consumer in self._consumers.values():
             consumer.reconnected()
 
@@ -260,7 +261,7 @@ class NATSBroker(Broker):
         if event_id:
             wire["Nats-Msg-Id"] = f"{topic}:{event_id}"
         try:
-            await js.publish(self._subject(topic), body, headers=wire, stream=None if _X_NOSTREAM else self.stream)
+            await js.publish(self._subject(topic), body, headers=wire, stream=self.stream)
         except nats.errors.MaxPayloadError as exc:
             raise PayloadTooLarge(
                 f"an event of {len(body)} bytes is over the NATS server's max_payload",
@@ -398,7 +399,6 @@ class NATSBroker(Broker):
         return self._js
 
 
-_X_NOSTREAM = False
 _OPTIONS: Final = frozenset(
     {
         "stream",

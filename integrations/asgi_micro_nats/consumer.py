@@ -4,16 +4,18 @@ A member asks for as many events as it has free concurrency slots, never more: a
 (``Subscription.acquire``) before the event it is for is asked. The asks are pull requests sent
 without waiting for their answer, each for the slots taken since the last one, to an inbox of
 the member's own; the server sends each event to the inbox as soon as it has one for an open
-pull, so an idle member adds no delay to a trickle, and one that keeps up is never without an
-open pull. A pull stays open ``FETCH_WAIT`` seconds; the server then says how much of it was
+pull, so an idle member adds no delay to a trickle, and a member with a free slot always has a
+pull open. A pull stays open ``FETCH_WAIT`` seconds; the server then says how much of it was
 left (``408``), and that much is asked again. Slots freed while events are still asked for are
 asked for once they are half the concurrency, so a busy member sends one pull per few events.
 
-The server forgets open pulls on a reconnect, when the consumer is deleted (``409``), and so on;
-what was asked is then asked again, after checking that the consumer still exists (and making
-it again if not). A pull that is never answered is taken for lost after ``FETCH_WAIT`` plus a
-second of silence. An event that comes though nothing was asked for it (a pull the server kept
-across a reconnect) waits for the next free slot.
+A reconnect may lose the open pulls (the server drops a pull whose inbox it found gone), so
+after one everything is asked again at once. When the consumer is deleted (``409``) and the like,
+what was asked is asked again after checking that the consumer still exists (and making it
+again if not); a pull that is never answered is taken for lost after ``FETCH_WAIT`` plus a second
+of silence. An event that comes though nothing was asked for it (a pull the server kept across
+the reconnect after all) waits for the next free slot, and goes back at once if the member
+unsubscribes first.
 
 An event is acknowledged without waiting for the server's reply (at least once: an ack lost
 with the connection makes a duplicate, as a member killed before its ack does), and while it is
@@ -84,8 +86,7 @@ class Consumer:
         self._check = check
         self._next = f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{stream}.{config.name}"
         self._inbox = nc.new_inbox()
-        import os
-        self._batch = max(1, subscription.concurrency // int(os.environ.get("X_DIV", "2")))
+        self._batch = max(1, subscription.concurrency // 2)
         self._held = 0  # slots taken for events not here yet
         self._asked = 0  # of those, asked for in pulls still open
         self._early: deque[NATSDelivery] = deque()  # came unasked: wait for a slot
@@ -180,7 +181,7 @@ class Consumer:
             self._want()
             return
         # 409 (consumer deleted, leadership changed...) and the like: the pulls are gone
-        logger.info("pulling from %s: %s %s", self.name, status, headers.get("Description", ""))
+        logger.warning("pulling from %s: %s %s", self.name, status, headers.get("Description", ""))
         self._trouble.set()
 
     def _delivery(self, msg: Msg) -> NATSDelivery:
@@ -211,10 +212,7 @@ class Consumer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._trouble.wait(), _WATCH_EVERY)
             nc = self._nc
-            reconnects = nc.stats["reconnects"]
-            if reconnects != self._reconnects and nc.is_connected:
-                self._reconnects = reconnects
-                self.reconnected()
+            self.reconnected()  # (on a client of the caller's, no callback says so)
             if not self._trouble.is_set():
                 if not self._asked or time.monotonic() - self._since < _SILENCE:
                     continue
@@ -232,8 +230,13 @@ class Consumer:
             self._want()
 
     def reconnected(self) -> None:
-        """The server forgot the pulls of the old connection: ask again now."""
-        self._reconnects = self._nc.stats["reconnects"]
+        """After a reconnect (once each), ask again now: the server may have dropped the pulls
+        of the old connection."""
+        nc = self._nc
+        reconnects = nc.stats["reconnects"]
+        if reconnects == self._reconnects or not nc.is_connected:
+            return
+        self._reconnects = reconnects
         self._asked = 0
         self._want()
 
@@ -287,8 +290,7 @@ class NATSDelivery(Delivery):
         super().__init__(event)
         self._msg = msg
         self._interval = interval
-        if not _X_NOTIMER:
-            self._timer = asyncio.get_running_loop().call_later(interval, self._touch)
+        self._timer = asyncio.get_running_loop().call_later(interval, self._touch)
 
     def _touch(self) -> None:
         touching = asyncio.ensure_future(self._msg.in_progress())
@@ -296,12 +298,9 @@ class NATSDelivery(Delivery):
         self._timer = asyncio.get_running_loop().call_later(self._interval, self._touch)
 
     async def ack(self) -> None:
-        if not _X_NOTIMER: self._timer.cancel()
+        self._timer.cancel()
         try:
-            if _X_SYNC:
-                await self._msg.ack_sync()
-            else:
-                await self._msg.ack()
+            await self._msg.ack()
         except nats.errors.Error as exc:
             raise ServiceUnavailable(
                 f"cannot ack {self.event.id} on NATS: {exc!r}", id=BROKER_ID
@@ -315,11 +314,6 @@ class NATSDelivery(Delivery):
             raise ServiceUnavailable(
                 f"cannot nack {self.event.id} on NATS: {exc!r}", id=BROKER_ID
             ) from exc
-
-
-import os
-_X_NOTIMER = os.environ.get("X_NOTIMER") == "1"
-_X_SYNC = os.environ.get("X_SYNC") == "1"
 
 
 def _forget(future: asyncio.Future[None]) -> None:

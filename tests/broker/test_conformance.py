@@ -229,3 +229,9 @@ def test_topics_are_checked() -> None:
     for bad in ["", "user..created", "user.*", "user created", "ü.x", ".x", "x."]:
         with pytest.raises(ValueError, match="topic"):
             check_topic(bad)
+
+
+def test_every_broker_runs_this_suite() -> None:
+    from tests.broker.conftest import BACKENDS
+
+    assert set(BACKENDS) == {"memory", "http", "nats", "redis", "amqp"}

@@ -18,8 +18,10 @@ from typing import Any
 
 import nats
 import nats.js.errors
+import orjson
 import pytest
 from asgi_micro_nats.broker import FETCH_WAIT, NATSBroker
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from asgi_micro import broker as broker_module
@@ -275,6 +277,161 @@ async def test_a_nack_waits_its_delay(url: str) -> None:
     assert again - at >= 0.45  # the delay is half to all of 1 s
 
 
+# pulling
+
+
+@contextlib.asynccontextmanager
+async def pulls_seen(stream: str) -> AsyncIterator[tuple[nats.NATS, list[Msg]]]:
+    """The pull requests sent to the consumers of ``stream`` (subject: the consumer; reply:
+    the member's inbox), as a connection of the test's own sees them; and that connection."""
+    nc = await nats.connect(SERVER)
+    seen: list[Msg] = []
+
+    async def record(msg: Msg) -> None:
+        seen.append(msg)
+
+    try:
+        await nc.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.*", cb=record)
+        await nc.flush()
+        yield nc, seen
+    finally:
+        await nc.close()
+
+
+def batches(pulls: list[Msg]) -> list[int]:
+    return [orjson.loads(pull.data)["batch"] for pull in pulls]
+
+
+async def test_a_member_asks_for_its_free_slots_and_no_more(url: str) -> None:
+    async with (
+        started(url, "publisher", "worker") as [publisher, worker],
+        pulls_seen(worker.stream) as (_, pulls),
+    ):
+        release = asyncio.Event()
+        running = most = 0
+        done: list[str] = []
+
+        async def handle(event: Event) -> None:
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            try:
+                await release.wait()
+            finally:
+                running -= 1
+            done.append(event.id)
+
+        await worker.subscribe("job.queued", handle, queue="jobs", concurrency=8)
+        ids = [await publisher.publish("job.queued", b"{}") for _ in range(40)]
+        await until(lambda: running == 8, "every slot busy")
+        await asyncio.sleep(0.3)
+        assert sum(batches(pulls)) == 8  # one for each slot, and none while every one is busy
+        release.set()
+        await until(lambda: len(done) == 40, "every event")
+    assert most == 8
+    assert sorted(done) == sorted(ids)
+    assert max(batches(pulls)) <= 8
+    assert len(pulls) <= 20  # a pull for a few events, not one each
+
+
+@pytest.mark.slow
+async def test_an_idle_member_gets_an_event_at_once(url: str) -> None:
+    """A pull that expired is asked again, and an event waits for none of them to fill."""
+    async with (
+        started(url, "publisher", "worker") as [publisher, worker],
+        pulls_seen(worker.stream) as (_, pulls),
+    ):
+        handled: list[float] = []
+
+        async def handle(event: Event) -> None:
+            handled.append(time.monotonic())
+
+        await worker.subscribe("job.queued", handle, queue="jobs", concurrency=4)
+        await asyncio.sleep(FETCH_WAIT + 1.0)
+        assert len(pulls) >= 2  # the first expired, unanswered, and was asked again
+        assert set(batches(pulls)) == {4}
+        sent = time.monotonic()
+        await publisher.publish("job.queued", b"{}")
+        await until(lambda: bool(handled), "the event")
+    assert handled[0] - sent < 1.0  # (a pull that waited to fill would hold it FETCH_WAIT)
+
+
+async def test_events_that_come_unasked_wait_for_a_slot_or_go_back(js: JetStreamContext) -> None:
+    """A pull the member did not send (as one the server kept across a reconnect) brings events
+    while every slot is busy: they wait for a slot, or go back at once when it unsubscribes."""
+    url = namespace(ack_wait="30")  # an event that did not go back would come after 30 s
+    try:
+        async with (
+            started(url, "publisher", "a", "b") as [publisher, a, b],
+            pulls_seen(a.stream) as (spy, pulls),
+        ):
+            gate = asyncio.Event()
+            running = most = 0
+            handled: list[tuple[str, str, int]] = []
+
+            def member(name: str) -> collections.abc.Callable[[Event], Any]:
+                async def handle(event: Event) -> None:
+                    nonlocal running, most
+                    if name == "a":
+                        running += 1
+                        most = max(most, running)
+                        try:
+                            await gate.wait()
+                        finally:
+                            running -= 1
+                    handled.append((name, event.id, event.deliveries))
+
+                return handle
+
+            def by(name: str) -> list[tuple[str, int]]:
+                return sorted((i, n) for who, i, n in handled if who == name)
+
+            subscription = await a.subscribe("job.queued", member("a"), queue="jobs", concurrency=2)
+            await until(lambda: bool(pulls), "a's pull")
+            consumer, inbox = pulls[0].subject.rsplit(".", 1)[1], pulls[0].reply
+
+            async def fill() -> tuple[list[str], list[str]]:
+                """Two events for a's two slots, then three sent to a unasked."""
+                busy = [await publisher.publish("job.queued", b"{}") for _ in range(2)]
+                await until(lambda: running == 2, "a busy")
+                await spy.publish(pulls[0].subject, b'{"batch": 3}', reply=inbox)
+                await spy.flush()
+                unasked = [await publisher.publish("job.queued", b"{}") for _ in range(3)]
+
+                async def out() -> int:
+                    return (await js.consumer_info(a.stream, consumer)).num_ack_pending
+
+                deadline = time.monotonic() + WAIT
+                while await out() < 5:
+                    assert time.monotonic() < deadline, "the events did not reach a"
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.2)
+                assert running == 2
+                return busy, unasked
+
+            # they wait for a slot
+            busy, unasked = await fill()
+            gate.set()
+            await until(lambda: len(handled) == 5, "a's events")
+            assert by("a") == sorted((i, 1) for i in busy + unasked)
+            assert most == 2
+
+            # they go back when a unsubscribes, to b, at once
+            gate = asyncio.Event()
+            handled.clear()
+            busy, unasked = await fill()
+            await b.subscribe("job.queued", member("b"), queue="jobs")
+            leaving = asyncio.create_task(a.unsubscribe(subscription))
+            await until(lambda: len(by("b")) == 3, "the events a gave back", timeout=5.0)
+            assert by("b") == sorted((i, 2) for i in unasked)
+            gate.set()
+            await leaving
+            assert by("a") == sorted((i, 1) for i in busy)
+            assert most == 2
+    finally:
+        await delete_stream(url)
+
+
 # consumers that disappear, connections that drop
 
 
@@ -361,8 +518,19 @@ class Proxy:
         await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
 
 
+async def settled(js: JetStreamContext, stream: str) -> None:
+    """Wait until the server has had the acks of what was handled: a cut then loses none (an ack
+    lost with a connection makes a duplicate, as at least once allows)."""
+    deadline = time.monotonic() + WAIT
+    while any(consumer.num_ack_pending for consumer in await js.consumers_info(stream)):
+        assert time.monotonic() < deadline, "the acks did not reach the server"
+        await asyncio.sleep(0.02)
+
+
 @pytest.mark.slow
-async def test_subscriptions_and_publishes_survive_a_dropped_connection(url: str) -> None:
+async def test_subscriptions_and_publishes_survive_a_dropped_connection(
+    url: str, js: JetStreamContext
+) -> None:
     async with Proxy() as proxy:
         proxied = url.replace(f"{HOST}:{PORT}", f"127.0.0.1:{proxy.port}")
         async with (
@@ -382,17 +550,23 @@ async def test_subscriptions_and_publishes_survive_a_dropped_connection(url: str
             await subscriber.subscribe("user.created", into(everyone))
             ids = [await publisher.publish("user.created", b"{}") for _ in range(5)]
             await until(lambda: len(group) == len(everyone) == 5, "the events before the cut")
+            await settled(js, subscriber.stream)
 
             # a cut: nats-py reconnects (within its reconnect_time_wait of 2 s), and the pulls
-            # the server forgot are asked again then, not when they would have expired
+            # the server may have dropped are asked again then, not when they would have expired
             cut = time.monotonic()
             proxy.cut()
             ids += [await publisher.publish("user.created", b"{}") for _ in range(5)]
             # published by the broker whose connection dropped: sent once it is back
             ids.append(await subscriber.publish("user.created", b"{}"))
-            await until(lambda: len(group) == len(everyone) == 11, "the events after the cut")
+
+            def every(seen: list[str]) -> bool:
+                return set(seen) >= set(ids)
+
+            await until(lambda: every(group) and every(everyone), "the events after the cut")
             assert time.monotonic() - cut < FETCH_WAIT - 1.0
             assert proxy.accepted == 2
+            await settled(js, subscriber.stream)
 
             # an outage longer than a pull: pulls time out, checks fail, the loops go on
             await proxy.down()
@@ -404,12 +578,54 @@ async def test_subscriptions_and_publishes_survive_a_dropped_connection(url: str
             await proxy.up()
             # the publish that timed out went once the connection was back; the retry with
             # the same id is stored once all the same
-            await until(lambda: len(group) >= 16, "the events after the outage")
+            await until(lambda: every(group), "the events after the outage")
             ids.append(await subscriber.publish("user.created", b"{}", event_id="retried"))
-            await until(lambda: len(group) >= 17 and len(everyone) >= 17, "every event")
+            await until(lambda: every(group) and every(everyone), "every event")
             await asyncio.sleep(0.3)
-    assert sorted(group) == sorted(ids)
-    assert sorted(everyone) == sorted(ids)
+    # every event, once, but for at least once's duplicates: an event the server sent into the
+    # connection as it dropped comes again, and nats-server before 2.10.15 may then deliver it
+    # once more, counted as new (nats-io/nats-server#5305)
+    for seen in (group, everyone):
+        assert set(seen) == set(ids)
+        assert len(seen) - len(ids) <= 2, collections.Counter(seen).most_common(3)
+
+
+@pytest.mark.slow
+async def test_a_client_of_the_callers_pulls_again_after_a_reconnect(url: str) -> None:
+    """On a connection the caller made there is no reconnect callback of the broker's: the
+    pulls are asked again all the same, within a second or two, not at their expiry."""
+    async with Proxy() as proxy:
+        client = await nats.connect(
+            f"nats://127.0.0.1:{proxy.port}", reconnect_time_wait=0.2, max_reconnect_attempts=-1
+        )
+        try:
+            async with started(url, "publisher") as [publisher]:
+                subscriber = NATSBroker(
+                    client=client, stream=publisher.stream, prefix=publisher.prefix, ack_wait=2.0
+                )
+                async with subscriber:
+                    seen: list[str] = []
+
+                    async def handle(event: Event) -> None:
+                        seen.append(event.id)
+
+                    await subscriber.subscribe("user.created", handle, queue="mailer")
+                    first = await publisher.publish("user.created", b"{}")
+                    await until(lambda: seen == [first], "the event before the cut")
+                    # events published while it is away: the server drops the pulls it
+                    # finds no inbox for, and the events wait
+                    await proxy.down()
+                    after = [await publisher.publish("user.created", b"{}") for _ in range(3)]
+                    await proxy.up()
+                    back = time.monotonic()
+                    await until(lambda: client.stats["reconnects"] == 1, "the reconnect")
+                    await until(lambda: len(seen) >= 4, "the events after the cut")
+                    assert time.monotonic() - back < FETCH_WAIT - 1.0
+                    # (one the server sent as the connection went comes again after ack_wait)
+                    assert sorted(seen) == sorted([first, *after])
+                assert client.is_connected  # stop leaves the caller's connection open
+        finally:
+            await client.close()
 
 
 # a subscriber killed while events are being published
