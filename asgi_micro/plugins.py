@@ -15,16 +15,18 @@ embedded HTTP broker needs the registry and the store.
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
-from typing import TYPE_CHECKING, Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from .registry import Registry
     from .store import Store
 
-__all__ = ["Backend", "MissingDependency", "Parts", "load_backend"]
+__all__ = ["Backend", "MissingDependency", "Parts", "Pluggable", "load_backend"]
 
 
 class MissingDependency(ImportError):
@@ -38,6 +40,39 @@ class Parts:
     service: str = ""
     registry: Registry | None = None
     store: Store | None = None
+
+
+class Pluggable(ABC):
+    """What every backend chosen by URL shares: ``from_url``, and a lifecycle that is explicit
+    and idempotent (``start``/``stop`` or ``async with``; nothing connects in ``__init__``)."""
+
+    url: str = ""
+
+    @classmethod
+    @abstractmethod
+    def from_url(cls, url: str, *, parts: Parts | None = None) -> Self:
+        """The backend ``url`` names; ``parts`` are the service's parts built before it."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook, backends with no connection skip it
+        """Connect; called again it does nothing."""
+
+    async def stop(self) -> None:  # noqa: B027
+        """Close; called again it does nothing."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
 
 
 class Backend:

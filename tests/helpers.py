@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import os
 import secrets
+import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -76,6 +77,27 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"{message} within {timeout}s (last: {result!r})")
         await asyncio.sleep(interval)
+
+
+async def until(check: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+    """Wait until ``check()`` is true; for state a test's own tasks change (events handled...)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def stop_children(children: Sequence[asyncio.subprocess.Process]) -> None:
+    """SIGTERM each child process still running, and SIGKILL one that does not exit in 20 s."""
+    for child in children:
+        if child.returncode is None:
+            child.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(child.wait(), timeout=20)
+            except TimeoutError:
+                child.kill()
+                await child.wait()
 
 
 @contextlib.asynccontextmanager

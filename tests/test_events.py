@@ -5,7 +5,6 @@ events; what travels with an event; drains that wait for an event being handled.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,20 +21,12 @@ from asgi_micro.broker.memory import MemoryBroker
 from asgi_micro.fastapi import Broker, Context, Store
 from asgi_micro.pipeline import Call, Next
 from asgi_micro.registry.memory import MemoryRegistry
-from tests.helpers import serve
+from tests.helpers import serve, until
 
 
 class User(BaseModel):
     name: str
     age: int = 0
-
-
-async def until(check: Any, what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

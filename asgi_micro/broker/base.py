@@ -38,13 +38,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import Any, Final
 
 from ..errors import BadRequest, MicroError, UnsupportedMediaType
-
-if TYPE_CHECKING:
-    from ..plugins import Parts
+from ..plugins import Pluggable
 
 __all__ = [
     "DEAD_SUFFIX",
@@ -286,7 +283,7 @@ class Subscription:
         await self.drain()
 
 
-class Broker(ABC):
+class Broker(Pluggable):
     """Publishes events and runs subscriptions.
 
     ``publish`` returns once the broker has *accepted* the event: it is durable (a server
@@ -298,32 +295,14 @@ class Broker(ABC):
     running now (``drain``).
     """
 
-    url: str = ""
     source: str = ""
     """The ``ce-source`` of what this broker publishes: the service's name."""
 
-    @classmethod
-    @abstractmethod
-    def from_url(cls, url: str, *, parts: Parts | None = None) -> Self:
-        """The broker ``url`` names; ``parts`` are the service's parts built before it."""
-
-    async def start(self) -> None:  # noqa: B027 - optional hook
+    async def start(self) -> None:
         """Connect; called again it does nothing."""
 
-    async def stop(self) -> None:  # noqa: B027
+    async def stop(self) -> None:
         """Drain the subscriptions, then close; called again it does nothing."""
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def publish(
         self,
@@ -380,9 +359,6 @@ class Broker(ABC):
     async def unsubscribe(self, subscription: Subscription) -> None:
         """Stop delivering to ``subscription`` after the deliveries running now. A queue
         group stays: what is published meanwhile waits for its next member."""
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.url!r})"
 
 
 def undeliverable(error: BaseException) -> bool:

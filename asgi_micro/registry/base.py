@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any
 
-if TYPE_CHECKING:
-    from ..plugins import Parts
+from ..plugins import Pluggable
 
 __all__ = ["Endpoint", "Event", "EventType", "Node", "Registry", "Service"]
 
@@ -100,7 +98,7 @@ class Event:
     service: Service
 
 
-class Registry(ABC):
+class Registry(Pluggable):
     """Service discovery.
 
     ``register`` announces the nodes of a service for ``ttl`` seconds: a node that is not
@@ -110,30 +108,11 @@ class Registry(ABC):
     ``start``/``stop`` or ``async with registry:``; nothing starts in ``__init__``.
     """
 
-    url: str = ""
-
-    @classmethod
-    @abstractmethod
-    def from_url(cls, url: str, *, parts: Parts | None = None) -> Self:
-        """The registry ``url`` names; ``parts`` are the service's parts built before it."""
-
-    async def start(self) -> None:  # noqa: B027 - optional hook, backends with no connection skip it
+    async def start(self) -> None:
         """Open connections; called again it does nothing."""
 
-    async def stop(self) -> None:  # noqa: B027
+    async def stop(self) -> None:
         """Close connections; called again it does nothing."""
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     @abstractmethod
     async def register(self, service: Service, *, ttl: float | None = None) -> None:
@@ -158,6 +137,3 @@ class Registry(ABC):
         The subscription is in place once the iterator has first been advanced (before its
         first event), so a caller can watch first and then look up without missing a change.
         """
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.url!r})"

@@ -17,21 +17,18 @@ import builtins
 import copy
 import math
 import time
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, overload
+from typing import Any, Final, Self, TypeVar, overload
 
 import orjson
 from pydantic_core import PydanticSerializationError
 
 from ..codec import JSON, MessageType
 from ..errors import STORE_ID, BadRequest, Conflict, NotFound, PayloadTooLarge
-
-if TYPE_CHECKING:
-    from ..plugins import Parts
+from ..plugins import Pluggable
 
 __all__ = [
     "ABSENT",
@@ -80,7 +77,7 @@ class Record:
         return max(0.0, self.expires_at - time.time())
 
 
-class Store(ABC):
+class Store(Pluggable):
     """Records under keys, in the table ``table_name`` of the database ``database_name``.
 
     ``database(name)`` and ``table(name)`` return views on another namespace that share this
@@ -88,8 +85,6 @@ class Store(ABC):
     or ``async with store:``; nothing connects in ``__init__``, and an operation on a store that
     is not started raises ``RuntimeError``.
     """
-
-    url: str = ""
 
     def __init__(
         self,
@@ -124,28 +119,11 @@ class Store(ABC):
         view._table = _check_name("table", name)
         return view
 
-    @classmethod
-    @abstractmethod
-    def from_url(cls, url: str, *, parts: Parts | None = None) -> Self:
-        """The store ``url`` names; ``parts`` are the service's parts built before it."""
-
-    async def start(self) -> None:  # noqa: B027 - optional hook, backends with no connection skip it
+    async def start(self) -> None:
         """Connect and start sweeping expired records; called again it does nothing."""
 
-    async def stop(self) -> None:  # noqa: B027
+    async def stop(self) -> None:
         """Stop sweeping and close connections; called again it does nothing."""
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def read(
         self,

@@ -26,7 +26,7 @@ from asgi_micro import errors
 from asgi_micro.broker import Event, Redelivery
 from tests.broker.amqp_worker import CONCURRENCY
 from tests.broker.backend_amqp import SERVER, Namespace, namespace
-from tests.helpers import IN_CI, free_port
+from tests.helpers import IN_CI, free_port, until
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = Redelivery(initial=0.05, maximum=0.1)
@@ -41,14 +41,6 @@ async def space() -> AsyncIterator[Namespace]:
 
 def topic() -> str:
     return f"amqp.{uuid.uuid4().hex[:12]}"
-
-
-async def until(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def arrives(event_id: str, seen: list[Event], *, within: float) -> bool:

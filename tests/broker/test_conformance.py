@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -16,9 +15,9 @@ import pytest
 from asgi_micro import errors
 from asgi_micro.broker import DEAD_SUFFIX, ERROR_HEADER, Broker, Event, Redelivery
 from tests.broker.conftest import MakeBroker
+from tests.helpers import until
 
 QUICK = Redelivery(initial=0.05, maximum=0.2)
-WAIT = 20.0  # the most any test waits for what it expects
 
 
 def topic() -> str:
@@ -35,14 +34,6 @@ async def started(make: MakeBroker, count: int, source: str = "svc") -> AsyncIte
     finally:
         for broker in brokers:
             await broker.stop()
-
-
-async def until(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def recorder(into: list[Event]) -> Callable[[Event], Awaitable[None]]:

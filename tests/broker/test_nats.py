@@ -29,20 +29,10 @@ from asgi_micro import errors
 from asgi_micro.broker import DEAD_SUFFIX, Event, Redelivery
 from asgi_micro.plugins import Parts
 from tests.broker.backend_nats import HOST, PORT, SERVER, delete_stream, namespace
-from tests.helpers import require_server
+from tests.helpers import require_server, stop_children, until
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT = 20.0
-
-
-async def until(
-    check: collections.abc.Callable[[], bool], what: str, timeout: float = WAIT
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -689,14 +679,7 @@ async def test_every_event_is_handled_when_a_subscriber_is_killed(url: str, tmp_
             )
             await asyncio.sleep(0.5)  # nothing more comes
     finally:
-        for child in children:
-            if child.returncode is None:
-                child.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(child.wait(), timeout=20)
-                except TimeoutError:
-                    child.kill()
-                    await child.wait()
+        await stop_children(children)
     assert children[0].returncode == -signal.SIGKILL
     assert children[1].returncode == 0
     rows = recorded(record)

@@ -29,29 +29,17 @@ from asgi_micro import errors
 from asgi_micro.broker import Broker, Event, Redelivery
 from asgi_micro.plugins import Parts
 from tests.broker.backend_redis import HOST, PORT, SERVER, delete_keys, namespace
-from tests.helpers import free_port, require_server
+from tests.helpers import eventually, free_port, require_server, stop_children, until
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT = 20.0
 QUICK = Redelivery(initial=0.05, maximum=0.2)
 
 
-async def until(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def until_async(
     check: Callable[[], Awaitable[Any]], what: str, timeout: float = WAIT
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+    await eventually(check, timeout=timeout, message=what)
 
 
 @pytest.fixture
@@ -520,14 +508,7 @@ async def test_every_event_is_handled_when_a_member_is_killed(
             lambda: _consumers_are(client, key, 1), "the dead consumer removed", timeout=15
         )
     finally:
-        for child in children:
-            if child.returncode is None:
-                child.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(child.wait(), timeout=20)
-                except TimeoutError:
-                    child.kill()
-                    await child.wait()
+        await stop_children(children)
         consumers_left = await client.xinfo_consumers(key, "workers")
         await delete_keys(prefix)
     assert children[0].returncode == -signal.SIGKILL
