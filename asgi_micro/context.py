@@ -62,6 +62,11 @@ class Context:
     metadata: dict[str, str] = field(default_factory=dict)
     deadline: float | None = None
     trace: dict[str, str] = field(default_factory=dict)
+    authorization: str | None = None
+    """The ``Authorization`` header (gRPC ``authorization`` metadata) as the caller sent it:
+    read by auth, never passed on (an onward call carries its own service's token)."""
+    account: Any = None
+    """The caller's ``asgi_micro.auth.Account`` once auth verified its token, else ``None``."""
 
     @classmethod
     def from_headers(cls, headers: Sequence[tuple[bytes, bytes]]) -> Context:
@@ -115,6 +120,8 @@ class Context:
         """Headers for an outgoing HTTP call (names lower-case, as for gRPC metadata)."""
         out = [(f"micro-{key}", value) for key, value in self.metadata.items()]
         out.extend(self.trace.items())
+        if self.authorization is not None:
+            out.append(("authorization", self.authorization))
         remaining = self.remaining()
         if remaining is not None:
             out.append((TIMEOUT_HEADER, str(max(1, int(remaining * 1000)))))
@@ -141,6 +148,7 @@ class _Wire(Generic[AnyStr]):
     trace: frozenset[AnyStr]
     first: frozenset[AnyStr]  # first characters of every name wanted: most names stop there
     initials: frozenset[Any]  # the same as name[0] gives them (ints for bytes)
+    credentials: AnyStr  # the name of the bearer token's header
     timeout: AnyStr  # the key, after the prefix, of the deadline in milliseconds
     deadline: bool  # whether that key carries the deadline (else the protocol's own does)
     binary_suffix: AnyStr | None  # keys whose values are bytes, not text
@@ -149,8 +157,9 @@ class _Wire(Generic[AnyStr]):
 _HTTP = _Wire(
     prefix=b"micro-",
     trace=frozenset((b"traceparent", b"tracestate")),
-    first=frozenset((b"m", b"t")),
-    initials=frozenset(b"mt"),
+    first=frozenset((b"m", b"t", b"a")),
+    initials=frozenset(b"mta"),
+    credentials=b"authorization",
     timeout=b"timeout",
     deadline=True,
     binary_suffix=None,
@@ -158,8 +167,9 @@ _HTTP = _Wire(
 _GRPC = _Wire(
     prefix="micro-",
     trace=frozenset(("traceparent", "tracestate")),
-    first=frozenset("mt"),
-    initials=frozenset("mt"),
+    first=frozenset("mta"),
+    initials=frozenset("mta"),
+    credentials="authorization",
     timeout="timeout",
     deadline=False,  # grpc-timeout carries it
     binary_suffix="-bin",
@@ -202,6 +212,10 @@ def _read(headers: Sequence[tuple[Any, Any]], wire: _Wire[Any]) -> Context | Non
             if context is None:
                 context = Context()
             context.trace[_text(name)] = _text(value)
+        elif name == wire.credentials:
+            if context is None:
+                context = Context()
+            context.authorization = _text(value)
     return context
 
 

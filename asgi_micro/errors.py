@@ -3,7 +3,8 @@
 On the wire an error is Go Micro's shape, ``{"id", "code", "detail", "status"}``: ``id`` names
 who raised it (a service name, or ``asgi_micro.client``), ``code`` is the HTTP status code,
 ``detail`` is for people and ``status`` is the code's reason phrase. (``CLIENT_ID``,
-``STORE_ID`` and ``SERVER_ID`` name the client, the store and the HTTP server.) A handler
+``STORE_ID``, ``SERVER_ID`` and ``AUTH_ID`` name the client, the store, the HTTP server and
+auth.) A handler
 raises one of these classes; the server renders it and the client raises the same class again.
 
     MicroError
@@ -38,6 +39,7 @@ from typing import Any
 import orjson
 
 __all__ = [
+    "AUTH_ID",
     "CLIENT_ID",
     "SERVER_ID",
     "STORE_ID",
@@ -72,6 +74,8 @@ STORE_ID = "asgi_micro.store"
 """The ``id`` of errors a store raises (no such record, a lost compare-and-set, bad input)."""
 SERVER_ID = "asgi_micro.server"
 """The ``id`` of errors the HTTP server answers with before any app sees the request."""
+AUTH_ID = "asgi_micro.auth"
+"""The ``id`` of errors auth raises (no valid token, a rule denies the call, bad credentials)."""
 
 
 class MicroError(Exception):

@@ -231,8 +231,12 @@ def _context(event: Event, trusted: bool) -> Context:
             [(name, value) for name, value in headers.items() if name != "micro-deadline"]
         )
     else:
-        found = read_metadata(
-            [(name, value) for name, value in headers.items() if name.startswith("trace")]
+        found = read_metadata(  # what a caller cannot forge: the trace, and a token auth checks
+            [
+                (name, value)
+                for name, value in headers.items()
+                if name.startswith("trace") or name == "authorization"
+            ]
         )
     context = found or Context()
     context.deadline = deadline_of(event)

@@ -1,23 +1,39 @@
 """FastAPI dependencies, as ``Annotated`` types: ``async def hello(req: Req, ctx: Context)``.
 
 Each resolves on asgi-micro's fast path and over gRPC as well as through FastAPI.
+
+``Account`` is the caller's verified account (a 401 without a valid token); ``OptionalAccount``
+is ``None`` instead; ``require_scopes("admin")`` is an account that holds those scopes (else
+403), as ``admin: Annotated[auth.Account, require_scopes("admin")]``.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends
 
+from . import auth as auth_module
 from . import client as client_module
 from . import context as context_module
 from . import events as events_module
 from . import service as service_module
 from . import store as store_module
+from .errors import AUTH_ID, Forbidden, Unauthorized
 from .pipeline import Host
 from .rpc import micro_dependency
 
-__all__ = ["Broker", "Client", "Context", "CurrentService", "Store", "require_service"]
+__all__ = [
+    "Account",
+    "Broker",
+    "Client",
+    "Context",
+    "CurrentService",
+    "OptionalAccount",
+    "Store",
+    "require_scopes",
+    "require_service",
+]
 
 
 def require_service(host: Host | None) -> service_module.Service:
@@ -64,3 +80,50 @@ CurrentService = Annotated[service_module.Service, Depends(micro_dependency(_ser
 
 Client = Annotated[client_module.Client, Depends(micro_dependency(_client))]
 """The service's client, for calling other services."""
+
+
+def _optional_account(
+    host: Host | None, context: context_module.Context
+) -> auth_module.Account | None:
+    if context.account is None and context.authorization is not None:
+        context.account, _ = require_service(host).guard.account_of(context.authorization)
+    account: auth_module.Account | None = context.account
+    return account
+
+
+def _account(host: Host | None, context: context_module.Context) -> auth_module.Account:
+    if context.account is None:
+        if context.authorization is None:
+            raise Unauthorized("this endpoint needs a signed-in account", id=AUTH_ID)
+        account, reason = require_service(host).guard.account_of(context.authorization)
+        if account is None:
+            raise Unauthorized(f"this endpoint needs a valid token: {reason}", id=AUTH_ID)
+        context.account = account
+    found: auth_module.Account = context.account
+    return found
+
+
+def require_scopes(*scopes: str) -> Any:
+    """A dependency on the caller's account holding every one of ``scopes``:
+    ``admin: Annotated[auth.Account, require_scopes("admin")]``."""
+    if not scopes or not all(isinstance(scope, str) and scope for scope in scopes):
+        raise ValueError("require_scopes takes one or more non-empty scope names")
+
+    def scoped(host: Host | None, context: context_module.Context) -> auth_module.Account:
+        account = _account(host, context)
+        missing = [scope for scope in scopes if scope not in account.scopes]
+        if missing:
+            raise Forbidden(f"{account.id} lacks the scope(s) {', '.join(missing)}", id=AUTH_ID)
+        return account
+
+    scoped.__name__ = f"require_scopes({', '.join(scopes)})"
+    return Depends(micro_dependency(scoped))
+
+
+Account = Annotated[auth_module.Account, Depends(micro_dependency(_account))]
+"""The caller's verified account; a 401 for a caller without a valid token."""
+
+OptionalAccount = Annotated[
+    auth_module.Account | None, Depends(micro_dependency(_optional_account))
+]
+"""The caller's verified account, or ``None``."""

@@ -1,6 +1,11 @@
 """The routes under ``/_micro/``: health, stats, this node's registry record and the AsyncAPI
 document of its events (``asyncapi.json``), and the ASGI apps that parts of the service serve
-there (``internal_apps``: the embedded broker receives events at ``/_micro/broker/``)."""
+there (``internal_apps``: the embedded broker receives events at ``/_micro/broker/``); and
+``/.well-known/jwks.json``, the public keys that verify the deployment's tokens.
+
+With auth on, the guard decides on each as on any endpoint (named ``GET /_micro/stats``...),
+but for health, the registry record, JWKS and the broker's inbox, which are open: a probe, what
+mDNS peers fetch, public keys, and events that each carry a token of their own."""
 
 from __future__ import annotations
 
@@ -13,7 +18,8 @@ import orjson
 import psutil
 
 from .asyncapi import Described, asyncapi
-from .errors import MethodNotAllowed, NotFound
+from .context import Context, read_headers
+from .errors import MethodNotAllowed, MicroError, NotFound
 from .pipeline import Host
 from .registry.mdns import REGISTRY_PATH
 from .responses import send_error, send_response
@@ -22,7 +28,17 @@ from .types import ASGIApp, Receive, Scope, Send
 if TYPE_CHECKING:
     from .registry import Service as ServiceRecord
 
-__all__ = ["Introspectable", "serve_internal"]
+__all__ = ["JWKS_PATH", "Guarded", "Introspectable", "serve_internal"]
+
+JWKS_PATH = "/.well-known/jwks.json"
+
+
+class Guarded(Protocol):
+    """What the internal routes need of auth: the public keys, and a decision."""
+
+    def jwks(self) -> dict[str, Any]: ...
+
+    def check_internal(self, context: Context, path: str) -> None: ...
 
 
 class Introspectable(Host, Described, Protocol):
@@ -46,6 +62,9 @@ class Introspectable(Host, Described, Protocol):
         ...
 
     def record(self) -> ServiceRecord: ...
+
+    @property
+    def guard(self) -> Guarded: ...
 
 
 def _health(service: Introspectable) -> tuple[int, dict[str, Any]]:
@@ -83,11 +102,16 @@ def _asyncapi(service: Introspectable) -> tuple[int, dict[str, Any]]:
     return 200, asyncapi(service)
 
 
+def _jwks(service: Introspectable) -> tuple[int, dict[str, Any]]:
+    return 200, service.guard.jwks()
+
+
 _ROUTES: dict[str, Callable[[Introspectable], tuple[int, dict[str, Any]]]] = {
     "/_micro/health": _health,
     "/_micro/stats": _stats,
     REGISTRY_PATH: _registry,
     "/_micro/asyncapi.json": _asyncapi,
+    JWKS_PATH: _jwks,
 }
 
 
@@ -99,6 +123,12 @@ async def serve_internal(
         if path.startswith(prefix):
             await app(scope, receive, send)
             return
+    try:
+        service.guard.check_internal(read_headers(scope["headers"]) or Context(), path)
+    except MicroError as exc:
+        exc.id = exc.id or service.name
+        await send_error(send, exc)
+        return
     route = _ROUTES.get(path.rstrip("/"))
     if route is None:
         await send_error(send, NotFound(f"no internal route {scope['path']}", id=service.name))

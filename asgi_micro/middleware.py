@@ -37,7 +37,7 @@ from .errors import (
     error_for_status,
     validation_detail,
 )
-from .internal import Introspectable, serve_internal
+from .internal import JWKS_PATH, Introspectable, serve_internal
 from .redirects import relative_redirect
 from .responses import send_error
 from .router import MicroRoute
@@ -92,7 +92,7 @@ class MicroMiddleware:
         elif STATE_KEY not in state:
             state[STATE_KEY] = service
         path = scope["path"]
-        if path.startswith(_INTERNAL):
+        if path.startswith(_INTERNAL) or path == JWKS_PATH:
             await serve_internal(service, scope, receive, send)
             return
         if not service.trust_callers:

@@ -29,9 +29,12 @@ from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 import httpx
 from starlette.middleware.errors import ServerErrorMiddleware
 
+from . import auth as auth_module
 from . import broker as broker_module
 from . import registry as registry_module
 from . import store as store_module
+from .auth import Auth
+from .auth.guard import Guard
 from .broker import Broker
 from .broker.base import check_topic
 from .broker.http import Embeddable
@@ -83,6 +86,7 @@ class Service:
         registry: Registry | str | None = None,
         store: Store | str | None = None,
         broker: Broker | str | None = None,
+        auth: Auth | str | None = None,
         address: str | None = None,
         register_ttl: float | None = None,
         register_interval: float | None = None,
@@ -140,6 +144,21 @@ class Service:
         )
         if not self.broker.source:
             self.broker.source = name
+        self.auth: Auth = self._backend(
+            auth or settings.auth or auth_module.DEFAULT_URL,
+            auth_module.from_url,
+            Parts(service=name, registry=self.registry, store=self._store_backend),
+        )
+        self.guard = Guard(
+            self.auth,
+            service=name,
+            on=bool(auth or settings.auth) or settings.auth_default == "deny",
+            default=settings.auth_default,
+        )
+        """Enforces auth on every call, names the service on its own (see
+        ``asgi_micro.auth.guard``); the outermost server wrapper when auth is on."""
+        if self.guard.on:
+            self.pipeline.wrap(self.guard.enforce)
         self.events = Events(self)
         self.publisher = Publisher(self)
         self.grpc_package = grpc_package or settings.grpc_package
@@ -163,6 +182,8 @@ class Service:
             interval=settings.register_interval if register_interval is None else register_interval,
             announced=[self.grpc_server] if self.grpc_server is not None else [],
         )
+        if self.guard.on:
+            self.registrar.advertise(lambda: self.guard.proof(self.registrar.node))
         if isinstance(self.broker, Embeddable):  # it receives in this service's app
             self.broker.embed(self)
         self._started = False
@@ -174,7 +195,14 @@ class Service:
 
     def _parts(self) -> list[Part]:
         """The parts to start, in order: the backends, then what serves an app."""
-        parts: list[Part] = [self.registry, self._store_backend, self.broker, self.events]
+        parts: list[Part] = [
+            self.registry,
+            self._store_backend,
+            self.auth,
+            self.guard,
+            self.broker,
+            self.events,
+        ]
         if self.app is not None:
             if self.grpc_server is not None:
                 parts.append(self.grpc_server)
@@ -379,8 +407,13 @@ class Service:
         if self._client is None:
             from .client import Client
 
+            guard = self.guard
             self._client = Client(
-                registry=self.registry, caller=self.name, propagate=self.propagate
+                registry=self.registry,
+                caller=self.name,
+                propagate=self.propagate,
+                identity=guard.identity if guard.on else None,
+                trusts=guard.trusts if guard.on else None,
             )
         return self._client
 
@@ -436,6 +469,11 @@ class Service:
             topic, message, metadata=metadata, timeout=timeout, content_type=content_type
         )
 
+    def trusts_node(self, service: str, node: Node) -> bool:
+        """Whether ``node``'s registration proves it a node of ``service``: always with auth
+        off, else when its proof verifies (see ``asgi_micro.auth.guard``)."""
+        return self.guard.trusts(service, node)
+
     def http(self, **options: Any) -> httpx.AsyncClient:
         """An ``httpx.AsyncClient`` in which ``http://<service>/...`` reaches a node of that
         service, chosen, retried and ejected like any call (see ``Client.http``)."""
@@ -446,7 +484,7 @@ class Service:
 
 
 def _is_backend(part: Part) -> bool:
-    return isinstance(part, Registry | Store | Broker)
+    return isinstance(part, Registry | Store | Broker | Auth)
 
 
 def _install_middleware(app: Any, service: Service) -> None:

@@ -3,7 +3,7 @@ not say otherwise."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import PositiveFloat, PositiveInt, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -25,7 +25,8 @@ __all__ = ["Settings"]
 
 class Settings(BaseSettings):
     """``MICRO_REGISTRY``, ``MICRO_STORE``, ``MICRO_ADDRESS``...; arguments to ``Service``
-    take precedence. ``MICRO_PROPAGATE`` is a comma-separated list of metadata keys (``*``
+    take precedence. ``MICRO_AUTH`` and ``MICRO_AUTH_DEFAULT`` are described in
+    ``asgi_micro.auth.guard``. ``MICRO_PROPAGATE`` is a comma-separated list of metadata keys (``*``
     for all). The limits (``MICRO_MAX_MESSAGE_SIZE``, ``MICRO_MAX_HEADER_SIZE``,
     ``MICRO_HEADER_TIMEOUT``, ``MICRO_BODY_TIMEOUT``, ``MICRO_MAX_CONNECTIONS``) are described
     in ``asgi_micro.limits``."""
@@ -35,6 +36,10 @@ class Settings(BaseSettings):
     registry: str = registry_module.DEFAULT_URL
     store: str = store_module.DEFAULT_URL
     broker: str = broker_module.DEFAULT_URL
+    auth: str = ""
+    """An auth URL turns auth on (``jwt://...``) or off (``noop://``); unset, auth is
+    ``jwt://`` and open, unless ``auth_default`` is ``deny``."""
+    auth_default: Literal["open", "deny"] = "open"
     address: str | None = None
     grpc: bool = True
     grpc_address: str | None = None

@@ -121,10 +121,14 @@ class Directory:
         *,
         refresh: float = 30.0,
         on_join: Callable[[str, str | None], None] | None = None,
+        trusts: Callable[[str, Node], bool] | None = None,
     ) -> None:
         self.registry = registry
         self.refresh = refresh
         self.on_join = on_join
+        self.trusts = trusts
+        """Whether a node's registration is trusted (auth on: its proof verifies); nodes that
+        are not receive nothing."""
         self.members: dict[str, Member] = {}  # by node id
         self.groups: dict[tuple[str, str], float] = {}
         """Every queue group seen, ``(topic, queue)``, with when it was last seen (wall time)."""
@@ -243,7 +247,7 @@ class Directory:
             found = [record for records in looked_up for record in records]
         finally:
             buffered, self._buffered = self._buffered, None
-        members = {m.id: m for record in found for m in _members(record)}
+        members = {m.id: m for record in found for m in _members(record, self.trusts)}
         for gone in set(self.members) - set(members):
             self._remove(gone)
         for member in members.values():
@@ -276,7 +280,7 @@ class Directory:
             for node in record.nodes:
                 self._remove(node.id)
             return
-        for member in _members(record):
+        for member in _members(record, self.trusts):
             self._add(member)
         for node in record.nodes:
             if not subscriptions_of(node.metadata)[0] and node.id in self.members:
@@ -319,9 +323,11 @@ class Directory:
                     del self._by_topic[subscription.topic]
 
 
-def _members(record: ServiceRecord) -> list[Member]:
+def _members(record: ServiceRecord, trusts: Callable[[str, Node], bool] | None) -> list[Member]:
     members = []
     for node in record.nodes:
+        if trusts is not None and not trusts(record.name, node):
+            continue
         subscriptions, _ = subscriptions_of(node.metadata)
         if subscriptions:
             members.append(_member(record.name, node, subscriptions))

@@ -52,7 +52,7 @@ from urllib.parse import parse_qs, urlsplit
 from .. import registry as registry_module
 from ..client.http import HTTPTransport
 from ..errors import ServiceUnavailable
-from ..registry import Registry
+from ..registry import Node, Registry
 from ..registry import Service as ServiceRecord
 from ..types import ASGIApp
 from .base import Broker, Redelivery, Subscription, check_topic
@@ -132,6 +132,10 @@ class BrokerHost(Protocol):
 
     @property
     def internal_apps(self) -> MutableMapping[str, ASGIApp]: ...
+
+    def trusts_node(self, service: str, node: Node) -> bool:
+        """Whether ``node``'s registration is trusted to be a node of ``service``."""
+        ...
 
 
 @runtime_checkable
@@ -313,7 +317,12 @@ class HTTPBroker(Broker):
             outbox = outbox or self._new_outbox()
             await outbox.open()
             try:
-                directory = Directory(self.registry, refresh=self.refresh, on_join=self._joined)
+                directory = Directory(
+                    self.registry,
+                    refresh=self.refresh,
+                    on_join=self._joined,
+                    trusts=self._host.trusts_node if self._host is not None else None,
+                )
                 directory.remember(await outbox.groups())
             except BaseException:
                 await outbox.close()

@@ -83,11 +83,18 @@ class Client:
         cache_refresh: float = 30.0,
         propagate: Collection[str] = (),
         wrappers: Sequence[ClientWrapper] = (),
+        identity: Callable[[], str | None] | None = None,
+        trusts: Callable[[str, Node], bool] | None = None,
     ) -> None:
         if retries < 0:
             raise ValueError("retries must be >= 0")
         self.registry = registry
         self.caller = caller
+        self.identity = identity
+        """The ``Authorization`` value of the caller's own token, for calls to nodes found
+        through the registry (a service's, when its auth is on)."""
+        self.trusts = trusts
+        """Whether a node's registration is trusted; nodes that are not get no calls."""
         self.propagate = tuple(propagate)
         self.wrappers: tuple[ClientWrapper, ...] = ()
         for wrapper in wrappers:
@@ -562,6 +569,8 @@ class Client:
         )
         if not resolved:
             onward.trace = {}
+        elif self.identity is not None:
+            onward.authorization = self.identity()
         return onward
 
     async def _select(
@@ -579,6 +588,16 @@ class Client:
         nodes = candidates(await self.cache.get(service), version=version, labels=labels)
         if usable is not None:
             nodes = [node for node in nodes if usable(node)]
+        if self.trusts is not None and nodes:
+            trusts = self.trusts
+            trusted = [node for node in nodes if trusts(service, node)]
+            if not trusted:
+                raise ServiceUnavailable(
+                    f"service {service}: {len(nodes)} node(s) found, none whose registration "
+                    "verifies under this deployment's keys (auth is on)",
+                    id=CLIENT_ID,
+                )
+            nodes = trusted
         if not nodes:
             wanted = "".join(
                 [

@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 # The slots of Context's fields, which CallContext fills on first use.
 _METADATA = Context.__dict__["metadata"]
 _TRACE = Context.__dict__["trace"]
+_AUTHORIZATION = Context.__dict__["authorization"]
 
 
 class CallContext(Context):
@@ -53,6 +54,7 @@ class CallContext(Context):
     def __init__(self, call: Any, remaining: float | None) -> None:
         self._call = call
         self.deadline = None if remaining is None else time.monotonic() + remaining
+        self.account = None
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -76,6 +78,17 @@ class CallContext(Context):
         self._read()
         _TRACE.__set__(self, value)
 
+    @property
+    def authorization(self) -> str | None:
+        self._read()
+        authorization: str | None = _AUTHORIZATION.__get__(self)
+        return authorization
+
+    @authorization.setter
+    def authorization(self, value: str | None) -> None:
+        self._read()
+        _AUTHORIZATION.__set__(self, value)
+
     def _read(self) -> None:
         call, self._call = self._call, None
         if call is None:
@@ -83,11 +96,13 @@ class CallContext(Context):
         found = read_metadata(call.invocation_metadata())
         _METADATA.__set__(self, {} if found is None else found.metadata)
         _TRACE.__set__(self, {} if found is None else found.trace)
+        _AUTHORIZATION.__set__(self, None if found is None else found.authorization)
 
 
 class UntrustedCallContext(CallContext):
     """The context of a gRPC call to a service that does not trust its callers: their
-    ``micro-*`` metadata is not read (the trace is, and gRPC's own deadline)."""
+    ``micro-*`` metadata is not read (the trace is, the bearer token that auth checks, and
+    gRPC's own deadline)."""
 
     __slots__ = ()
 
@@ -96,10 +111,15 @@ class UntrustedCallContext(CallContext):
         if call is None:
             return
         found = read_metadata(
-            [(key, value) for key, value in call.invocation_metadata() if key.startswith("trace")]
+            [
+                (key, value)
+                for key, value in call.invocation_metadata()
+                if key.startswith("trace") or key == "authorization"
+            ]
         )
         _METADATA.__set__(self, {})
         _TRACE.__set__(self, {} if found is None else found.trace)
+        _AUTHORIZATION.__set__(self, None if found is None else found.authorization)
 
 
 class _Method:

@@ -1,0 +1,184 @@
+"""The auth interface: accounts, tokens and rules (Go Micro's ``auth.Auth``).
+
+    account = await auth.generate("ada", scopes=["admin"])       # account.secret: shown once
+    tokens = await auth.token(id="ada", secret=account.secret)   # access and refresh tokens
+    tokens = await auth.token(refresh_token=tokens.refresh_token)
+    account = await auth.inspect(tokens.access_token)
+    await auth.grant(Rule("admins", "admin", Resource("service", "greeter", "*")))
+
+An account is a user or a service (``type``), with ``scopes`` that rules grant to and metadata.
+Its secret is returned by ``generate`` and never again: only a hash of it is kept. ``inspect``
+raises ``Unauthorized`` for a token that is not a valid access token of this deployment, with
+the reason (expired, unknown key...) and never the token.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from abc import abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from ..plugins import Pluggable
+from .rules import Rule
+
+__all__ = ["ACCOUNT_TYPES", "Account", "Auth", "Tokens", "check_account_id"]
+
+AccountType = Literal["user", "service"]
+ACCOUNT_TYPES: Final = ("user", "service")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+-]{0,254}")
+
+
+@dataclass(slots=True)
+class Account:
+    """Who calls: ``id``, ``type`` (``user`` or ``service``), ``scopes``, ``metadata``, and the
+    ``issuer`` whose token said so. ``secret`` is set only on the account ``generate``
+    returns."""
+
+    id: str
+    type: AccountType = "user"
+    scopes: tuple[str, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+    issuer: str = ""
+    created: float = 0.0
+    secret: str | None = field(default=None, repr=False, compare=False)
+
+    def has_scopes(self, scopes: Iterable[str]) -> bool:
+        return set(scopes) <= set(self.scopes)
+
+    def public(self) -> dict[str, Any]:
+        """What may be shown of the account: everything but a secret."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "scopes": list(self.scopes),
+            "metadata": dict(self.metadata),
+            "issuer": self.issuer,
+            "created": self.created,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    """An access token and the refresh token that gets the next one; ``expiry`` and
+    ``refresh_expiry`` are Unix seconds."""
+
+    access_token: str = field(repr=False)
+    refresh_token: str = field(repr=False)
+    expiry: float
+    refresh_expiry: float
+    token_type: str = "Bearer"
+
+    def expires_in(self) -> float:
+        return self.expiry - time.time()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "access_token": self.access_token,
+            "refresh_token": self.refresh_token,
+            "token_type": self.token_type,
+            "expiry": self.expiry,
+            "refresh_expiry": self.refresh_expiry,
+        }
+
+
+def check_account_id(id: object) -> str:
+    if not isinstance(id, str) or not _ID.fullmatch(id):
+        raise ValueError(
+            "an account id is 1 to 255 letters, digits and . _ @ : + -, starting with a letter "
+            f"or digit; got {id!r}"
+        )
+    return id
+
+
+class Auth(Pluggable):
+    """Accounts, tokens and rules of one deployment; ``jwt://`` or ``noop://``."""
+
+    issuer: str = "micro"
+
+    @property
+    def enabled(self) -> bool:
+        """Whether this backend checks anything (``noop://`` does not)."""
+        return True
+
+    @abstractmethod
+    async def generate(
+        self,
+        id: str,
+        *,
+        scopes: Sequence[str] = (),
+        type: AccountType = "user",
+        metadata: Mapping[str, str] | None = None,
+        secret: str | None = None,
+    ) -> Account:
+        """Create (or replace) the account ``id``; the account returned carries its secret,
+        ``secret`` or a new random one."""
+
+    @abstractmethod
+    async def token(
+        self,
+        *,
+        id: str | None = None,
+        secret: str | None = None,
+        refresh_token: str | None = None,
+        expiry: float | None = None,
+    ) -> Tokens:
+        """Tokens for the account ``id`` with its ``secret``, or for the account a
+        ``refresh_token`` names (which it then revokes: a refresh token is good once);
+        ``expiry`` is the access token's lifetime in seconds."""
+
+    @abstractmethod
+    async def inspect(self, token: str) -> Account:
+        """The account of a valid access token, or ``Unauthorized``."""
+
+    @abstractmethod
+    def verify_token(self, token: str, *, now: float | None = None) -> Account:
+        """``inspect`` without I/O, for every call: cached until the token expires."""
+
+    @abstractmethod
+    async def revoke(self, refresh_token: str) -> None:
+        """Make ``refresh_token`` unusable."""
+
+    @abstractmethod
+    async def account(self, id: str) -> Account | None: ...
+
+    @abstractmethod
+    async def accounts(self) -> list[Account]: ...
+
+    @abstractmethod
+    async def delete(self, id: str) -> bool:
+        """Delete the account ``id``: its refresh tokens stop working at once, its access
+        tokens when they expire."""
+
+    @abstractmethod
+    async def grant(self, rule: Rule) -> None:
+        """Add (or replace) a rule."""
+
+    @abstractmethod
+    async def delete_rule(self, id: str) -> bool: ...
+
+    @abstractmethod
+    async def rules(self) -> list[Rule]: ...
+
+    @abstractmethod
+    def issue(
+        self,
+        account: Account,
+        *,
+        expiry: float,
+        use: str = "access",
+        claims: Mapping[str, Any] | None = None,
+    ) -> str:
+        """A token for ``account`` signed here, without its secret: a service's own identity
+        (``use="access"``) or a statement about its node (``use="node"``, with ``claims``)."""
+
+    @abstractmethod
+    def verify_claims(self, token: str, *, use: str, now: float | None = None) -> dict[str, Any]:
+        """The claims of a valid token of ``use`` signed by this deployment, or
+        ``Unauthorized``."""
+
+    @abstractmethod
+    def jwks(self) -> dict[str, Any]:
+        """The public keys that verify this deployment's tokens."""

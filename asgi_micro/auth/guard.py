@@ -1,0 +1,295 @@
+"""What a service does with auth: check every call, name itself on every call it makes, and
+prove its registrations.
+
+Auth is *on* when the service is given an auth backend (``Service(auth="jwt://...")`` or
+``MICRO_AUTH``) or ``MICRO_AUTH_DEFAULT=deny``. Then:
+
+- **Every incoming call**, on every protocol (HTTP RPC and plain routes, streams, WebSocket,
+  gRPC, events, the internal routes but health, the registry record, the broker's inbox and
+  JWKS), passes the guard, the outermost server wrapper: the bearer token (``Authorization``
+  header, gRPC ``authorization`` metadata, an event's ``authorization`` header) is verified
+  (once: then cached until it expires), the account goes in the call's context, and the rules
+  decide. No valid token where one is needed is a 401 (``UNAUTHENTICATED``), a token without
+  the rule a 403 (``PERMISSION_DENIED``). With no rules at all and ``MICRO_AUTH_DEFAULT`` left
+  ``open`` every call is allowed, and still only a verified token names its caller.
+- **The caller's identity** (``Micro-From-Service``, ``from-service`` metadata) comes from the
+  token of a ``service`` account and nothing else: whatever a caller sent under that name is
+  dropped.
+- **The service has an account of its own** (type ``service``, scopes ``service`` and
+  ``service:<name>``, which rules name to grant a service) and a token for it, refreshed in the
+  background well before it expires, which every call and publish to a node found through the
+  registry carries. No call waits for a refresh.
+- **Its node's registration carries a proof**: a token of use ``node`` naming the node's id and
+  addresses, signed with the deployment's key ring. A client of a service whose auth is on
+  skips nodes whose proof does not verify: a process without the ring cannot take a share of
+  a service's traffic by registering under its name.
+
+Off (the zero-config default), tokens are still read when a handler asks for the ``Account``,
+and the start-up log says that every call is allowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from ..errors import MicroError, Unauthorized
+from ..pipeline import Call, Next
+from .base import Account, Auth
+from .rules import Resource, Rule, ordered, verify
+
+if TYPE_CHECKING:
+    from ..registry import Node
+
+__all__ = ["PUBLIC_INTERNAL", "Guard", "bearer"]
+
+logger = logging.getLogger(__name__)
+
+Default = Literal["open", "deny"]
+PUBLIC_INTERNAL: Final = frozenset({"/_micro/health", "/_micro/registry", "/.well-known/jwks.json"})
+"""Internal routes open to anyone: a probe, what mDNS peers fetch of a record too big for its
+TXT record, and the public keys. (The broker's inbox is open too: each event in it is
+checked on its own, by its own token.)"""
+PROOF_KEY: Final = "auth"
+"""The node metadata key of a registration's proof."""
+EVENT_TOKEN_AGE: Final = 86400.0
+"""An event's token is checked as of when the event was published, for events up to this old:
+an event may wait in its broker longer than a token lives."""
+_BEARER: Final = "bearer "
+
+
+def bearer(authorization: str | None) -> tuple[str | None, str]:
+    """The token of an ``Authorization: Bearer <token>`` value, or ``None`` and why not."""
+    if authorization is None:
+        return None, "no token"
+    if authorization[:7].lower() != _BEARER or len(authorization) < 8:
+        return None, "the Authorization header is not 'Bearer <token>'"
+    token = authorization[7:]
+    if token != token.strip() or " " in token:
+        return None, "the Authorization header is not 'Bearer <token>'"
+    return token, ""
+
+
+class Guard:
+    """The auth of one service: ``enforce`` (its outermost server wrapper), ``identity`` (the
+    token its calls carry), ``proof``/``trusts`` (registrations), the rules in force."""
+
+    def __init__(
+        self,
+        auth: Auth,
+        *,
+        service: str,
+        on: bool,
+        default: Default = "open",
+        rules_refresh: float = 5.0,
+    ) -> None:
+        if default not in ("open", "deny"):
+            raise ValueError(f"MICRO_AUTH_DEFAULT is 'open' or 'deny', got {default!r}")
+        self.auth = auth
+        self.service = service
+        self.on = on and auth.enabled
+        self.default: Default = default
+        self.rules_refresh = rules_refresh
+        self.rules: list[Rule] = []
+        self.account = Account(service, "service", ("service", f"service:{service}"))
+        self._token: str | None = None
+        self._token_expires = 0.0
+        self._proof: str | None = None
+        self._proof_for: tuple[str, ...] = ()
+        self._proof_expires = 0.0
+        self._trusted: dict[str, tuple[dict[str, Any] | None, float]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if not self.on:
+            if self.auth.enabled:
+                logger.warning(
+                    "%s: auth is open: every caller may call every endpoint. Set "
+                    "MICRO_AUTH_DEFAULT=deny (or MICRO_AUTH=jwt://) to enforce rules",
+                    self.service,
+                )
+            return
+        await self.auth.start()
+        existing = await self.auth.account(self.service)
+        if existing is None or existing.type != "service":
+            await self.auth.generate(
+                self.service, scopes=self.account.scopes, type="service"
+            )  # its secret is not kept: the service signs its own tokens with the ring
+        self._mint()
+        await self.load_rules()
+        self._tasks = [
+            asyncio.create_task(self._refresh_identity(), name=f"auth identity {self.service}"),
+            asyncio.create_task(self._refresh_rules(), name=f"auth rules {self.service}"),
+        ]
+        logger.info(
+            "%s: auth on (%s); %d rule(s) in force, default %s",
+            self.service,
+            self.auth,
+            len(self.rules),
+            self.default,
+        )
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def load_rules(self) -> None:
+        self.rules = ordered(await self.auth.rules())
+
+    @property
+    def enforcing(self) -> bool:
+        """Whether rules decide (some rules, or deny by default), rather than every call
+        being allowed."""
+        return self.on and (bool(self.rules) or self.default == "deny")
+
+    # -- incoming calls -----------------------------------------------------------------------
+
+    async def enforce(self, call: Call, next: Next) -> Any:
+        """The server wrapper: who calls, and whether they may."""
+        kind = "topic" if call.protocol == "event" else "service"
+        self.check(call.context, call.endpoint, kind, call)
+        return await next(call)
+
+    def check(self, context: Any, endpoint: str, kind: str, call: Call | None = None) -> None:
+        at = None
+        if call is not None and call.protocol == "event":
+            at = _published(call)
+        account, reason = self.account_of(context.authorization, at=at)
+        context.account = account
+        metadata = context.metadata
+        if account is not None and account.type == "service":
+            metadata["from-service"] = account.id
+        elif "from-service" in metadata:
+            del metadata["from-service"]
+        if self.rules or self.default == "deny":
+            verify(self.rules, account, Resource(kind, self.service, endpoint), reason=reason)
+
+    def account_of(
+        self, authorization: str | None, *, at: float | None = None
+    ) -> tuple[Account | None, str]:
+        """The account a call's ``Authorization`` value proves, or ``None`` and why not."""
+        token, reason = bearer(authorization)
+        if token is None:
+            return None, reason
+        try:
+            return self.auth.verify_token(token, now=at), ""
+        except MicroError as exc:
+            return None, exc.detail
+
+    def jwks(self) -> dict[str, Any]:
+        """The public keys of the deployment (none with auth off)."""
+        return self.auth.jwks() if self.auth.enabled else {"keys": []}
+
+    def check_internal(self, context: Any, path: str) -> None:
+        """An internal route: open when ``PUBLIC_INTERNAL``, else covered by the rules."""
+        if self.on and path.rstrip("/") not in PUBLIC_INTERNAL:
+            self.check(context, f"GET {path.rstrip('/')}", "service")
+
+    # -- outgoing calls -----------------------------------------------------------------------
+
+    def identity(self) -> str | None:
+        """``Bearer <token>`` of the service's own account, for its calls; ``None`` when auth
+        is off."""
+        token = self._token
+        return f"Bearer {token}" if token is not None else None
+
+    def _mint(self) -> None:
+        self._token = self.auth.issue(self.account, expiry=self._ttl())
+        self._token_expires = time.time() + self._ttl()
+
+    def _ttl(self) -> float:
+        return float(getattr(self.auth, "ttl", 900.0))
+
+    async def _refresh_identity(self) -> None:
+        while True:
+            # A third of the lifetime left: calls never carry a token about to expire.
+            await asyncio.sleep(max(1.0, (self._token_expires - time.time()) - self._ttl() / 3))
+            try:
+                self._mint()
+            except Exception:
+                logger.warning("%s: could not renew its token", self.service, exc_info=True)
+                await asyncio.sleep(1.0)
+
+    async def _refresh_rules(self) -> None:
+        while True:
+            await asyncio.sleep(self.rules_refresh)
+            try:
+                await self.load_rules()
+            except Exception:  # the store is away: the rules known last stay in force
+                logger.warning("%s: could not reload the auth rules", self.service, exc_info=True)
+
+    # -- registrations ------------------------------------------------------------------------
+
+    def proof(self, node: Node | None) -> Mapping[str, str]:
+        """The node metadata that proves ``node`` is this service's: a token naming it."""
+        if not self.on or node is None:
+            return {}
+        bound = _bound(node)
+        now = time.time()
+        if self._proof is None or bound != self._proof_for or now > self._proof_expires:
+            ttl = self._ttl()
+            self._proof = self.auth.issue(
+                self.account, expiry=ttl, use="node", claims={"node": list(bound)}
+            )
+            self._proof_for = bound
+            self._proof_expires = now + ttl * 2 / 3
+        return {PROOF_KEY: self._proof}
+
+    def trusts(self, service: str, node: Node) -> bool:
+        """Whether ``node``'s registration proves it a node of ``service`` (always, when auth
+        is off). Verified proofs are cached until they expire; refused ones for a while."""
+        if not self.on:
+            return True
+        proof = node.metadata.get(PROOF_KEY)
+        if not proof:
+            return False
+        now = time.time()
+        cached = self._trusted.get(proof)
+        if cached is None or now >= cached[1]:
+            try:
+                claims: dict[str, Any] | None = self.auth.verify_claims(proof, use="node")
+                until = float(claims["exp"]) if claims is not None else now
+            except Unauthorized:
+                claims, until = None, now + 30.0
+            if len(self._trusted) >= 4096:
+                self._trusted.clear()
+            cached = self._trusted[proof] = (claims, until)
+        claims = cached[0]
+        return (
+            claims is not None
+            and claims.get("sub") == service
+            and claims.get("type") == "service"
+            and tuple(claims.get("node") or ()) == _bound(node)
+        )
+
+
+def _bound(node: Node) -> tuple[str, ...]:
+    """What a proof binds: the node's id and every address it serves on."""
+    return (node.id, node.address, node.metadata.get("grpc", ""))
+
+
+def _published(call: Call) -> float | None:
+    """When the event was published, for checking its token as of then; ``None`` for now."""
+    event = call.state.get("event")
+    stamp = getattr(event, "time", "") if event is not None else ""
+    if not stamp:
+        return None
+    try:
+        published = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+    now = time.time()
+    if published > now or now - published > EVENT_TOKEN_AGE:
+        return None
+    return published
