@@ -46,7 +46,7 @@ from .broker.base import (
 from .client.calls import ClientCall
 from .codec import JSON, codec_for_content_type
 from .context import Context, read_metadata, within_deadline
-from .errors import BadRequest, Timeout, UnsupportedMediaType
+from .errors import BadRequest, Forbidden, Timeout, Unauthorized, UnsupportedMediaType
 from .messages import MessageType
 from .pipeline import Call
 from .rpc import RPC
@@ -200,7 +200,7 @@ class Events:
                         Context.reset(token)
                 else:
                     await within_deadline(context, handler(call))
-            except BadRequest:
+            except (BadRequest, Unauthorized, Forbidden):
                 raise  # the event's fault, not the service's: dead-lettered, not an error
             except Exception:
                 failed = True

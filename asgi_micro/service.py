@@ -159,6 +159,7 @@ class Service:
         ``asgi_micro.auth.guard``); the outermost server wrapper when auth is on."""
         if self.guard.on:
             self.pipeline.wrap(self.guard.enforce)
+            self.guard.teacher = self._jwks_of
         self.events = Events(self)
         self.publisher = Publisher(self)
         self.grpc_package = grpc_package or settings.grpc_package
@@ -468,6 +469,13 @@ class Service:
         return await self.publisher.publish(
             topic, message, metadata=metadata, timeout=timeout, content_type=content_type
         )
+
+    async def _jwks_of(self, service: str) -> Any:
+        """The JWKS a node of ``service`` serves (a trusted one: the client skips others)."""
+        async with self.http(timeout=2.0) as http:
+            response = await http.get(f"http://{service}/.well-known/jwks.json")
+            response.raise_for_status()
+            return response.json()
 
     def trusts_node(self, service: str, node: Node) -> bool:
         """Whether ``node``'s registration proves it a node of ``service``: always with auth

@@ -182,3 +182,13 @@ class Auth(Pluggable):
     @abstractmethod
     def jwks(self) -> dict[str, Any]:
         """The public keys that verify this deployment's tokens."""
+
+    def reload_keys(self) -> bool:
+        """Read the keys again if their source changed (a rotation by another process);
+        whether they did."""
+        return False
+
+    def learn(self, jwks: Mapping[str, Any]) -> list[str]:
+        """Take the keys of a JWKS a trusted peer serves (see ``KeyRing.learn``); the kids
+        learnt. A backend without keys learns nothing."""
+        return []

@@ -31,16 +31,21 @@ and the start-up log says that every call is allowed.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, Literal
+
+import orjson
 
 from ..errors import MicroError, Unauthorized
 from ..pipeline import Call, Next
 from .base import Account, Auth
+from .jwt import UnknownKey
 from .rules import Resource, Rule, ordered, verify
 
 if TYPE_CHECKING:
@@ -57,10 +62,14 @@ TXT record, and the public keys. (The broker's inbox is open too: each event in 
 checked on its own, by its own token.)"""
 PROOF_KEY: Final = "auth"
 """The node metadata key of a registration's proof."""
+LEARN_INTERVAL: Final = 10.0
+"""Seconds between two fetches of one service's JWKS for keys the ring lacks."""
+LEARN_TIMEOUT: Final = 2.0
 EVENT_TOKEN_AGE: Final = 86400.0
 """An event's token is checked as of when the event was published, for events up to this old:
 an event may wait in its broker longer than a token lives."""
 _BEARER: Final = "bearer "
+_SERVICE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 
 
 def bearer(authorization: str | None) -> tuple[str | None, str]:
@@ -104,6 +113,9 @@ class Guard:
         self._proof_expires = 0.0
         self._trusted: dict[str, tuple[dict[str, Any] | None, float]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self.teacher: Callable[[str], Awaitable[Mapping[str, Any]]] | None = None
+        """Fetches a service's JWKS through the registry (set by the service)."""
+        self._asked: dict[str, float] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -157,15 +169,28 @@ class Guard:
 
     async def enforce(self, call: Call, next: Next) -> Any:
         """The server wrapper: who calls, and whether they may."""
-        kind = "topic" if call.protocol == "event" else "service"
-        self.check(call.context, call.endpoint, kind, call)
+        context = call.context
+        at = _published(call) if call.protocol == "event" else None
+        account, reason, error = self._verify(context.authorization, at)
+        if isinstance(error, UnknownKey) and await self._learn(context.authorization):
+            account, reason, error = self._verify(context.authorization, at)
+        self._decide(
+            context,
+            account,
+            reason,
+            call.endpoint,
+            "topic" if call.protocol == "event" else "service",
+        )
         return await next(call)
 
-    def check(self, context: Any, endpoint: str, kind: str, call: Call | None = None) -> None:
-        at = None
-        if call is not None and call.protocol == "event":
-            at = _published(call)
-        account, reason = self.account_of(context.authorization, at=at)
+    def check(self, context: Any, endpoint: str, kind: str) -> None:
+        """Decide on a call to ``endpoint`` without going through the pipeline."""
+        account, reason = self.account_of(context.authorization)
+        self._decide(context, account, reason, endpoint, kind)
+
+    def _decide(
+        self, context: Any, account: Account | None, reason: str, endpoint: str, kind: str
+    ) -> None:
         context.account = account
         metadata = context.metadata
         if account is not None and account.type == "service":
@@ -179,13 +204,44 @@ class Guard:
         self, authorization: str | None, *, at: float | None = None
     ) -> tuple[Account | None, str]:
         """The account a call's ``Authorization`` value proves, or ``None`` and why not."""
+        account, reason, _ = self._verify(authorization, at)
+        return account, reason
+
+    def _verify(
+        self, authorization: str | None, at: float | None
+    ) -> tuple[Account | None, str, MicroError | None]:
         token, reason = bearer(authorization)
         if token is None:
-            return None, reason
+            return None, reason, None
         try:
-            return self.auth.verify_token(token, now=at), ""
+            return self.auth.verify_token(token, now=at), "", None
         except MicroError as exc:
-            return None, exc.detail
+            return None, exc.detail, exc
+
+    async def _learn(self, authorization: str | None) -> bool:
+        """After a token signed by a key the ring lacks: ask the service it names (a service
+        account's token) for its JWKS, through the registry, from nodes whose registration
+        verifies (so, holders of the ring), and take the keys it has that this ring lacks (a
+        rotation not read here yet). At most once per ``LEARN_INTERVAL`` per service, so that
+        tokens with made-up kids cannot make the service fetch again and again."""
+        teacher = self.teacher
+        token, _ = bearer(authorization)
+        if teacher is None or token is None:
+            return False
+        subject = _unverified_service(token)
+        now = time.monotonic()
+        if subject is None or self._asked.get(subject, 0.0) > now:
+            return False
+        self._asked[subject] = now + LEARN_INTERVAL
+        try:
+            jwks = await asyncio.wait_for(teacher(subject), LEARN_TIMEOUT)
+            learnt = self.auth.learn(jwks)
+        except Exception as exc:
+            logger.info("%s: could not fetch the JWKS of %s: %s", self.service, subject, exc)
+            return False
+        if learnt:
+            logger.info("%s: learnt key(s) %s from %s", self.service, ", ".join(learnt), subject)
+        return bool(learnt)
 
     def jwks(self) -> dict[str, Any]:
         """The public keys of the deployment (none with auth off)."""
@@ -222,9 +278,14 @@ class Guard:
                 await asyncio.sleep(1.0)
 
     async def _refresh_rules(self) -> None:
+        """The rules, and the key ring: a rotation elsewhere is signed with here within one
+        ``rules_refresh``."""
         while True:
             await asyncio.sleep(self.rules_refresh)
             try:
+                if self.auth.reload_keys():
+                    self._mint()
+                    self._proof = None
                 await self.load_rules()
             except Exception:  # the store is away: the rules known last stay in force
                 logger.warning("%s: could not reload the auth rules", self.service, exc_info=True)
@@ -277,6 +338,20 @@ class Guard:
 def _bound(node: Node) -> tuple[str, ...]:
     """What a proof binds: the node's id and every address it serves on."""
     return (node.id, node.address, node.metadata.get("grpc", ""))
+
+
+def _unverified_service(token: str) -> str | None:
+    """The service a token claims to be from, read without verifying it (only to know whom to
+    ask for keys: nothing is trusted from it)."""
+    try:
+        payload = token.split(".")[1]
+        claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError, orjson.JSONDecodeError):
+        return None
+    if not isinstance(claims, dict) or claims.get("type") != "service":
+        return None
+    subject = claims.get("sub")
+    return subject if isinstance(subject, str) and _SERVICE_NAME.fullmatch(subject) else None
 
 
 def _published(call: Call) -> float | None:

@@ -45,18 +45,27 @@ from .base import ACCOUNT_TYPES, Account, AccountType, Auth, Tokens, check_accou
 from .keys import DEFAULT_PATH, KeyRing
 from .rules import Rule
 
-__all__ = ["MAX_TOKEN_SIZE", "JWTAuth"]
+__all__ = ["MAX_TOKEN_SIZE", "JWTAuth", "UnknownKey"]
 
 MAX_TOKEN_SIZE: Final = 8 * 1024
 """The longest token looked at; longer ones are refused unread."""
 _OPTIONS: Final = frozenset({"alg", "keys", "issuer", "audience", "ttl", "refresh_ttl", "leeway"})
 _TYPES: Final = {"access": "at+jwt", "refresh": "rt+jwt", "node": "node+jwt"}
+_ARTICLES: Final = {"access": "an", "refresh": "a", "node": "a"}
 _FORBIDDEN_HEADERS: Final = frozenset({"jwk", "jku", "x5u", "x5c", "crit"})
 _CACHE_SIZE: Final = 4096
 _HASHER: Final = PasswordHash((Argon2Hasher(),))
 # Compared against when no account has the id asked for, so that an unknown id costs what a
 # wrong secret costs.
 _DUMMY_HASH: Final = _HASHER.hash(secrets.token_urlsafe(16))
+
+
+class UnknownKey(Unauthorized):
+    """A token signed by a key this deployment's ring does not have (``kid``)."""
+
+    def __init__(self, kid: str) -> None:
+        super().__init__("token signed by a key this deployment lacks", id=AUTH_ID)
+        self.kid = kid
 
 
 class JWTAuth(Auth):
@@ -319,13 +328,13 @@ class JWTAuth(Auth):
             if key is None and self.keys.reload():
                 key = self.keys.find(kid)
             if key is None:
-                raise Unauthorized("token signed by a key this deployment lacks", id=AUTH_ID)
+                raise UnknownKey(str(kid)[:64])
             if header.get("alg") != key.algorithm:
                 raise Unauthorized(
                     f"token algorithm {str(header.get('alg'))[:16]!r} is not its key's", id=AUTH_ID
                 )
             if header.get("typ") != _TYPES.get(use):
-                raise Unauthorized(f"not an {use} token", id=AUTH_ID)
+                raise Unauthorized(f"not {_ARTICLES[use]} {use} token", id=AUTH_ID)
             if _FORBIDDEN_HEADERS & header.keys():
                 raise Unauthorized("token headers name keys of their own", id=AUTH_ID)
             decoded = jwt.decode(token, key.key, algorithms=[key.algorithm])
@@ -340,7 +349,8 @@ class JWTAuth(Auth):
                 exp={"essential": True},
             ).validate(claims)
         except JoseError as exc:
-            raise Unauthorized(f"token rejected: {exc.error}", id=AUTH_ID) from None
+            why = exc.description or exc.error.replace("_", " ")
+            raise Unauthorized(f"token rejected: {why}", id=AUTH_ID) from None
         except (ValueError, TypeError, KeyError):
             raise Unauthorized("token rejected: malformed", id=AUTH_ID) from None
         return claims
@@ -348,6 +358,13 @@ class JWTAuth(Auth):
     def jwks(self) -> dict[str, Any]:
         self._load_keys()
         return self.keys.jwks()
+
+    def reload_keys(self) -> bool:
+        return self._loaded and self.keys.reload()
+
+    def learn(self, jwks: Mapping[str, Any]) -> list[str]:
+        self._load_keys()
+        return self.keys.learn(dict(jwks))
 
     # -- rules --------------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import orjson
+from joserfc.errors import JoseError
 from joserfc.jwk import KeyParameters, KeySet, OKPKey, RSAKey
 
 __all__ = ["ALGORITHMS", "DEFAULT_PATH", "KeyRing", "RingKey", "algorithm_named"]
@@ -42,6 +43,7 @@ ALGORITHMS: Final = ("Ed25519", "RS256")
 _ALIASES: Final = {"eddsa": "Ed25519", "ed25519": "Ed25519", "rs256": "RS256"}
 _RETIRED: Final = "micro_retired"  # a JWK member of ours: when the key stopped signing
 _CREATED: Final = "micro_created"
+_PRIVATE: Final = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
 
 def algorithm_named(name: str) -> str:
@@ -125,6 +127,7 @@ class KeyRing:
         self._text = str(source) if self.inline else ""
         self._create = create
         self._keys: list[RingKey] = []
+        self._learnt: dict[str, RingKey] = {}  # public keys peers taught: verify only
         self._set: KeySet = KeySet([])
         self._mtime: float | None = None
 
@@ -216,7 +219,37 @@ class KeyRing:
                 if key.retired is not None and key.retired + self.keep < now:
                     return None
                 return key
-        return None
+        learnt = self._learnt.get(kid) if isinstance(kid, str) else None
+        if learnt is not None and learnt.created + self.keep < now:
+            del self._learnt[learnt.kid]
+            return None
+        return learnt
+
+    def learn(self, jwks: object) -> list[str]:
+        """Take the public keys of a JWKS that a trusted peer serves (one whose registration
+        verified under this ring): keys made by a rotation this process has not read yet. They
+        verify, never sign, for ``keep`` seconds. Returns the kids learnt."""
+        if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
+            raise ValueError("a JWKS is {'keys': [JWK, ...]}")
+        learnt = []
+        now = time.time()
+        for item in jwks["keys"]:
+            if not isinstance(item, dict) or not isinstance(item.get("kid"), str):
+                continue
+            kid = item["kid"]
+            if self.find(kid, now) is not None:
+                continue
+            try:
+                algorithm = algorithm_named(str(item.get("alg", "")))
+                public = {name: value for name, value in item.items() if name not in _PRIVATE}
+                key: OKPKey | RSAKey = (
+                    RSAKey.import_key(public) if algorithm == "RS256" else OKPKey.import_key(public)
+                )
+            except (ValueError, TypeError, KeyError, JoseError):
+                continue  # not a key of ours: nothing to learn from it
+            self._learnt[kid] = RingKey(key, algorithm, now)
+            learnt.append(kid)
+        return learnt
 
     @property
     def key_set(self) -> KeySet:

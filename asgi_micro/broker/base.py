@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from ..errors import BadRequest, MicroError, UnsupportedMediaType
+from ..errors import BadRequest, Forbidden, MicroError, Unauthorized, UnsupportedMediaType
 from ..plugins import Pluggable
 
 __all__ = [
@@ -363,9 +363,10 @@ class Broker(Pluggable):
 
 def undeliverable(error: BaseException) -> bool:
     """Whether ``error`` says the event itself cannot be handled, however often it comes: it
-    does not decode (400, 415), or it was marked so (``error.undeliverable = True``, as for
-    an event that arrived after its deadline)."""
-    return isinstance(error, BadRequest | UnsupportedMediaType) or bool(
+    does not decode (400, 415), auth refused it (401, 403: its token does not change; the dead
+    letter keeps it for a replay once the rules do), or it was marked so
+    (``error.undeliverable = True``, as for an event that arrived after its deadline)."""
+    return isinstance(error, BadRequest | UnsupportedMediaType | Unauthorized | Forbidden) or bool(
         getattr(error, "undeliverable", False)
     )
 

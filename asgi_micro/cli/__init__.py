@@ -1,5 +1,6 @@
 """The ``asgi-micro`` command: run a service, look at the registry, call endpoints, read the
-store, publish and subscribe to events, print the ``.proto`` and the AsyncAPI document."""
+store, publish and subscribe to events, print the ``.proto`` and the AsyncAPI document, manage
+auth accounts, rules, tokens and keys."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import typer
 
 from .apps import import_app, locate_app
 from .asyncapi import asyncapi
+from .auth import app as auth_app
 from .events import publish, subscribe
 from .proto import proto
 from .run import run
@@ -24,6 +26,7 @@ app = typer.Typer(
 for command in (run, services, describe, call, health, publish, subscribe, proto, asyncapi):
     app.command()(command)
 app.add_typer(store_app, name="store", help="Read and write the store.")
+app.add_typer(auth_app, name="auth", help="Accounts, rules, tokens and signing keys.")
 
 
 def main() -> None:

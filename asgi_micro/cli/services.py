@@ -1,22 +1,29 @@
-"""``asgi-micro services|describe|call|health``: the registry and the nodes in it, from a shell."""
+"""``asgi-micro services|describe|call|health``: the registry and the nodes in it, from a shell.
+
+``describe`` says of each node whether its registration verifies under the local key ring (as a
+service with auth on checks it before calling the node); ``call --token`` sends a bearer token,
+and by name only to nodes whose registration verifies, so that the token goes to no impostor."""
 
 from __future__ import annotations
 
 import asyncio
 import enum
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Final, TypeVar
 
 import orjson
 import typer
 from rich.table import Column, Table
 from rich.text import Text
 
-from ..client import Client
+from ..auth import DEFAULT_URL as DEFAULT_AUTH
+from ..auth.guard import PROOF_KEY
+from ..client import Client, ClientCall, ClientNext, ClientWrapper
 from ..client.http import HTTPTransport
 from ..errors import MicroError
-from ..registry import Registry, from_url
+from ..registry import Node, Registry, from_url
 from ..registry import Service as ServiceRecord
+from .auth import AuthOption, read_secret, registration_check
 from .common import (
     DEFAULT_URL,
     JsonOption,
@@ -54,18 +61,31 @@ def services(registry: RegistryOption = DEFAULT_URL, as_json: JsonOption = False
 def describe(
     name: Annotated[str, typer.Argument(help="Service name.")],
     registry: RegistryOption = DEFAULT_URL,
+    auth: AuthOption = DEFAULT_AUTH,
     as_json: JsonOption = False,
 ) -> None:
-    """Show a service's nodes and endpoints with their schemas."""
+    """Show a service's nodes, whether their registrations verify, and its endpoints with
+    their schemas."""
     found = _with_registry(registry, lambda r: _every_node(r, name))
     if not found:
         errors.print(f"service {name!r} not found")
         raise typer.Exit(1)
+    try:
+        trusts = registration_check(auth)
+    except ValueError as exc:
+        errors.print(str(exc))
+        raise typer.Exit(2) from None
     if as_json:
-        print_json([service.to_dict() for service in found])
+        described = []
+        for service in found:
+            data = service.to_dict()
+            for node, entry in zip(service.nodes, data["nodes"], strict=True):
+                entry["registration"] = _registration(trusts, service.name, node)
+            described.append(data)
+        print_json(described)
         return
     for service in found:
-        _print_service(service)
+        _print_service(service, trusts)
 
 
 def call(
@@ -81,6 +101,17 @@ def call(
         TransportName,
         typer.Option(help="Over HTTP, or over gRPC (to the node's gRPC port, or --address)."),
     ] = TransportName.http,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            metavar="TOKEN",
+            show_default=False,
+            help="Send Authorization: Bearer TOKEN (- reads it from stdin); by name, only to "
+            "nodes whose registration verifies under the key ring of --auth.",
+        ),
+    ] = None,
+    auth: AuthOption = DEFAULT_AUTH,
     registry: RegistryOption = DEFAULT_URL,
 ) -> None:
     """Call an endpoint and print the reply as JSON."""
@@ -90,9 +121,25 @@ def call(
         errors.print(f"the request is not valid JSON: {exc}")
         raise typer.Exit(2) from None
     extra = pairs(metadata or [])
+    wrappers: list[ClientWrapper] = []
+    trusts = None
+    if token is not None:
+        wrappers.append(_bearer(read_secret(token, "token")))
+        if address is None:
+            try:
+                trusts = registration_check(auth)
+            except ValueError as exc:
+                errors.print(str(exc))
+                raise typer.Exit(2) from None
 
     async def go(reg: Registry) -> Any:
-        client = Client(registry=reg, caller="asgi-micro-cli", timeout=timeout)
+        client = Client(
+            registry=reg,
+            caller="asgi-micro-cli",
+            timeout=timeout,
+            wrappers=wrappers,
+            trusts=trusts,
+        )
         try:
             return await client.call(
                 service,
@@ -106,6 +153,21 @@ def call(
             await client.aclose()
 
     print_json(_with_registry(registry, go))
+
+
+def _bearer(token: str) -> ClientWrapper:
+    """A client wrapper that sends ``token`` on every attempt, over HTTP and gRPC alike."""
+    if not token.isascii() or not token.isprintable() or " " in token:
+        # Checked here, not by the HTTP library, whose error would quote the header.
+        errors.print("the token is not a bearer token (printable ASCII, no spaces)")
+        raise typer.Exit(2)
+    authorization = f"Bearer {token}"
+
+    async def authorize(call: ClientCall, next: ClientNext) -> Any:
+        call.context.authorization = authorization
+        return await next(call)
+
+    return authorize
 
 
 def health(
@@ -179,11 +241,22 @@ async def _every_node(registry: Registry, name: str) -> list[ServiceRecord]:
     return await registry.get_service(name)
 
 
-def _print_service(service: ServiceRecord) -> None:
+def _print_service(service: ServiceRecord, trusts: Callable[[str, Node], bool] | None) -> None:
     console.print(Text.assemble((service.name, "bold"), f" {service.version}"))
-    nodes = Table(_node_column(), "address", "metadata", title="nodes", title_justify="left")
+    nodes = Table(
+        _node_column(), "address", "metadata", "registration", title="nodes", title_justify="left"
+    )
     for node in service.nodes:
-        nodes.add_row(node.id, node.address, _compact(node.metadata))
+        registration = _registration(trusts, service.name, node)
+        metadata = {**node.metadata}
+        if PROOF_KEY in metadata:  # a long token, which the registration column sums up
+            metadata[PROOF_KEY] = "(proof)"
+        nodes.add_row(
+            node.id,
+            node.address,
+            _compact(metadata),
+            Text(registration, _REGISTRATION_STYLES[registration]),
+        )
     console.print(nodes)
     endpoints = Table(
         "endpoint", "route", "request", "response", title="endpoints", title_justify="left"
@@ -194,6 +267,16 @@ def _print_service(service: ServiceRecord) -> None:
             endpoint.name, route, _fields(endpoint.request), _fields(endpoint.response)
         )
     console.print(endpoints)
+
+
+_REGISTRATION_STYLES: Final = {"verified": "green", "unverified": "red", "auth off": "dim"}
+
+
+def _registration(trusts: Callable[[str, Node], bool] | None, service: str, node: Node) -> str:
+    """``Service.trusts_node``'s verdict on ``node``, as ``describe`` shows it."""
+    if trusts is None:
+        return "auth off"
+    return "verified" if trusts(service, node) else "unverified"
 
 
 def _node_column() -> Column:
