@@ -224,7 +224,15 @@ def check_echo(port: int, messages: ModuleType, timeout: float = 20.0) -> None:
         raise RuntimeError(f"port {port} echoed {reply} for {request}")
 
 
-def run_h2load(port: int, data: str, seconds: int, clients: int, streams: int) -> tuple[float, int]:
+def run_h2load(
+    port: int,
+    data: str,
+    seconds: int,
+    clients: int,
+    streams: int,
+    headers: list[str] | tuple[str, ...] = (),
+) -> tuple[float, int]:
+    extra = [option for header in headers for option in ("-H", header)]
     output = subprocess.run(
         [
             "taskset",
@@ -241,6 +249,7 @@ def run_h2load(port: int, data: str, seconds: int, clients: int, streams: int) -
             "content-type: application/grpc",
             "-H",
             "te: trailers",
+            *extra,
             f"http://127.0.0.1:{port}{METHOD}",
         ],
         capture_output=True,

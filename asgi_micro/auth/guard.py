@@ -46,7 +46,7 @@ from ..errors import MicroError, Unauthorized
 from ..pipeline import Call, Next
 from .base import Account, Auth
 from .jwt import UnknownKey
-from .rules import Resource, Rule, ordered, verify
+from .rules import Access, Resource, Rule, decide, ordered, refuse
 
 if TYPE_CHECKING:
     from ..registry import Node
@@ -69,6 +69,8 @@ EVENT_TOKEN_AGE: Final = 86400.0
 """An event's token is checked as of when the event was published, for events up to this old:
 an event may wait in its broker longer than a token lives."""
 _BEARER: Final = "bearer "
+_DECISIONS: Final = 4096
+_UNDECIDED: Final[Any] = object()
 _SERVICE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 
 
@@ -116,6 +118,7 @@ class Guard:
         self.teacher: Callable[[str], Awaitable[Mapping[str, Any]]] | None = None
         """Fetches a service's JWKS through the registry (set by the service)."""
         self._asked: dict[str, float] = {}
+        self._decisions: dict[tuple[str, str, tuple[str, ...] | None], Rule | None] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -157,7 +160,10 @@ class Guard:
         self._tasks = []
 
     async def load_rules(self) -> None:
-        self.rules = ordered(await self.auth.rules())
+        rules = ordered(await self.auth.rules())
+        if rules != self.rules:
+            self.rules = rules
+            self._decisions = {}
 
     @property
     def enforcing(self) -> bool:
@@ -198,7 +204,16 @@ class Guard:
         elif "from-service" in metadata:
             del metadata["from-service"]
         if self.rules or self.default == "deny":
-            verify(self.rules, account, Resource(kind, self.service, endpoint), reason=reason)
+            # Decided once per endpoint and set of scopes, until the rules change.
+            key = (kind, endpoint, account.scopes if account is not None else None)
+            decided = self._decisions.get(key, _UNDECIDED)
+            if decided is _UNDECIDED:
+                if len(self._decisions) >= _DECISIONS:
+                    self._decisions.clear()
+                resource = Resource(kind, self.service, endpoint)
+                decided = self._decisions[key] = decide(self.rules, account, resource)
+            if decided is None or decided.access != Access.GRANT:
+                refuse(decided, account, Resource(kind, self.service, endpoint), reason)
 
     def account_of(
         self, authorization: str | None, *, at: float | None = None

@@ -20,14 +20,24 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from ..errors import AUTH_ID, Forbidden, Unauthorized
 
 if TYPE_CHECKING:
     from .base import Account
 
-__all__ = ["PUBLIC", "SIGNED_IN", "Access", "Resource", "Rule", "decide", "ordered", "verify"]
+__all__ = [
+    "PUBLIC",
+    "SIGNED_IN",
+    "Access",
+    "Resource",
+    "Rule",
+    "decide",
+    "ordered",
+    "refuse",
+    "verify",
+]
 
 PUBLIC: Final = ""
 """The scope of a rule for everyone, signed in or not."""
@@ -140,8 +150,13 @@ def verify(
     """Raise ``Unauthorized`` or ``Forbidden`` unless ``rules`` (``ordered``) grant
     ``account`` (``None``: no valid token, ``reason`` says why) access to ``resource``."""
     rule = decide(rules, account, resource)
-    if rule is not None and rule.access == Access.GRANT:
-        return
+    if rule is None or rule.access != Access.GRANT:
+        refuse(rule, account, resource, reason)
+
+
+def refuse(rule: Rule | None, account: Account | None, resource: Resource, reason: str) -> NoReturn:
+    """Raise what the caller gets when ``rule`` (``None``: no rule applies) does not grant it
+    ``resource``."""
     if account is None:
         why = f": {reason}" if reason else ""
         raise Unauthorized(f"{resource.endpoint} needs a valid token{why}", id=AUTH_ID)
