@@ -28,6 +28,7 @@ or what validates into one (a dict), encoded as a ``User``; anything else raises
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -282,6 +283,8 @@ class Publisher:
     ) -> Callable[[ClientCall], Any]:
         broker: Broker = self.service.broker
 
+        guard = self.service.guard
+
         async def send(call: ClientCall) -> str:
             codec = codec_for_content_type(content_type) or JSON
             message = call.request
@@ -289,8 +292,18 @@ class Publisher:
             context = call.context
             headers = headers_of(context.headers())
             headers.update(deadline_header(context.deadline))
+            event_id = None
+            if guard.on:  # a token for this event alone, not the service's token for calls
+                event_id = os.urandom(16).hex()
+                token = guard.event_identity(call.endpoint, event_id, body)
+                if token is not None:
+                    headers["authorization"] = token
             return await broker.publish(
-                call.endpoint, body, content_type=codec.content_type, headers=headers
+                call.endpoint,
+                body,
+                content_type=codec.content_type,
+                headers=headers,
+                event_id=event_id,
             )
 
         return send

@@ -118,6 +118,8 @@ class Server:
     port: int = field(default_factory=free_port)
     process: asyncio.subprocess.Process | None = None
     log: IO[bytes] = field(default_factory=tempfile.TemporaryFile)
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Settings of its own, on top of ``environment()``."""
 
     @property
     def address(self) -> str:
@@ -143,7 +145,7 @@ class Server:
             "warning",
             *self.args,
             cwd=self.cwd,
-            env=environment(),
+            env={**environment(), **self.env},
             stdin=asyncio.subprocess.DEVNULL,
             stdout=self.log,
             stderr=self.log,

@@ -14,6 +14,8 @@ the reason (expired, unknown key...) and never the token.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import time
 from abc import abstractmethod
@@ -21,10 +23,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+from ..errors import AUTH_ID, Unauthorized
 from ..plugins import Pluggable
 from .rules import Rule
 
-__all__ = ["ACCOUNT_TYPES", "Account", "Auth", "Tokens", "check_account_id"]
+__all__ = [
+    "ACCOUNT_TYPES",
+    "Account",
+    "Auth",
+    "Tokens",
+    "body_digest",
+    "check_account_id",
+    "claims_account",
+]
 
 AccountType = Literal["user", "service"]
 ACCOUNT_TYPES: Final = ("user", "service")
@@ -84,6 +95,25 @@ class Tokens:
         }
 
 
+def claims_account(claims: Mapping[str, Any]) -> Account:
+    """The account a verified token's claims describe."""
+    kind = claims.get("type", "user")
+    if kind not in ACCOUNT_TYPES:
+        raise Unauthorized(f"token rejected: unknown account type {str(kind)[:16]!r}", id=AUTH_ID)
+    return Account(
+        id=str(claims["sub"]),
+        type=kind,
+        scopes=tuple(str(scope) for scope in claims.get("scopes") or ()),
+        metadata={str(k): str(v) for k, v in (claims.get("metadata") or {}).items()},
+        issuer=str(claims.get("iss", "")),
+    )
+
+
+def body_digest(body: bytes) -> str:
+    """SHA-256 of an event's body, base64url without padding: what its token binds."""
+    return base64.urlsafe_b64encode(hashlib.sha256(body).digest()).rstrip(b"=").decode()
+
+
 def check_account_id(id: object) -> str:
     if not isinstance(id, str) or not _ID.fullmatch(id):
         raise ValueError(
@@ -134,8 +164,28 @@ class Auth(Pluggable):
         """The account of a valid access token, or ``Unauthorized``."""
 
     @abstractmethod
-    def verify_token(self, token: str, *, now: float | None = None) -> Account:
+    def verify_token(self, token: str) -> Account:
         """``inspect`` without I/O, for every call: cached until the token expires."""
+
+    def verify_event(self, token: str, *, topic: str, event_id: str, body: bytes) -> Account:
+        """The publisher of an event, from the token made for that event alone (``event_token``):
+        valid, and naming this topic, this event and this body."""
+        claims = self.verify_claims(token, use="event")
+        if (
+            claims.get("topic") != topic
+            or claims.get("event") != event_id
+            or claims.get("digest") != body_digest(body)
+        ):
+            raise Unauthorized("the event's token was made for another event", id=AUTH_ID)
+        return claims_account(claims)
+
+    def event_token(
+        self, account: Account, *, topic: str, event_id: str, body: bytes, expiry: float
+    ) -> str:
+        """A token for one event that ``account`` publishes: it proves that event and no
+        other, and is no good for a call."""
+        claims = {"topic": topic, "event": event_id, "digest": body_digest(body)}
+        return self.issue(account, expiry=expiry, use="event", claims=claims)
 
     @abstractmethod
     async def revoke(self, refresh_token: str) -> None:

@@ -37,7 +37,6 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import orjson
@@ -49,6 +48,7 @@ from .jwt import UnknownKey
 from .rules import Access, Resource, Rule, decide, ordered, refuse
 
 if TYPE_CHECKING:
+    from ..broker.base import Event
     from ..registry import Node
 
 __all__ = ["PUBLIC_INTERNAL", "Guard", "bearer"]
@@ -66,8 +66,9 @@ LEARN_INTERVAL: Final = 10.0
 """Seconds between two fetches of one service's JWKS for keys the ring lacks."""
 LEARN_TIMEOUT: Final = 2.0
 EVENT_TOKEN_AGE: Final = 86400.0
-"""An event's token is checked as of when the event was published, for events up to this old:
-an event may wait in its broker longer than a token lives."""
+"""How long the token made for one event stays good: an event may wait in its broker far longer
+than a call's token lives (an event older than this is refused; replay it from its dead letter
+by publishing it again)."""
 _BEARER: Final = "bearer "
 _DECISIONS: Final = 4096
 _UNDECIDED: Final[Any] = object()
@@ -176,10 +177,10 @@ class Guard:
     async def enforce(self, call: Call, next: Next) -> Any:
         """The server wrapper: who calls, and whether they may."""
         context = call.context
-        at = _published(call) if call.protocol == "event" else None
-        account, reason, error = self._verify(context.authorization, at)
+        event = call.state.get("event") if call.protocol == "event" else None
+        account, reason, error = self._verify(context.authorization, event)
         if isinstance(error, UnknownKey) and await self._learn(context.authorization):
-            account, reason, error = self._verify(context.authorization, at)
+            account, reason, error = self._verify(context.authorization, event)
         self._decide(
             context,
             account,
@@ -215,21 +216,25 @@ class Guard:
             if decided is None or decided.access != Access.GRANT:
                 refuse(decided, account, Resource(kind, self.service, endpoint), reason)
 
-    def account_of(
-        self, authorization: str | None, *, at: float | None = None
-    ) -> tuple[Account | None, str]:
+    def account_of(self, authorization: str | None) -> tuple[Account | None, str]:
         """The account a call's ``Authorization`` value proves, or ``None`` and why not."""
-        account, reason, _ = self._verify(authorization, at)
+        account, reason, _ = self._verify(authorization, None)
         return account, reason
 
     def _verify(
-        self, authorization: str | None, at: float | None
+        self, authorization: str | None, event: Event | None
     ) -> tuple[Account | None, str, MicroError | None]:
+        """An access token for a call; for an event, the token made for that event alone."""
         token, reason = bearer(authorization)
         if token is None:
             return None, reason, None
         try:
-            return self.auth.verify_token(token, now=at), "", None
+            if event is None:
+                return self.auth.verify_token(token), "", None
+            account = self.auth.verify_event(
+                token, topic=event.topic, event_id=event.id, body=event.body
+            )
+            return account, "", None
         except MicroError as exc:
             return None, exc.detail, exc
 
@@ -268,6 +273,17 @@ class Guard:
             self.check(context, f"GET {path.rstrip('/')}", "service")
 
     # -- outgoing calls -----------------------------------------------------------------------
+
+    def event_identity(self, topic: str, event_id: str, body: bytes) -> str | None:
+        """``Bearer <token>`` for one event the service publishes: bound to its topic, id and
+        body, so that a subscriber (or a dead letter) holds nothing that works for a call or
+        for another event. ``None`` when auth is off."""
+        if not self.on:
+            return None
+        token = self.auth.event_token(
+            self.account, topic=topic, event_id=event_id, body=body, expiry=EVENT_TOKEN_AGE
+        )
+        return f"Bearer {token}"
 
     def identity(self) -> str | None:
         """``Bearer <token>`` of the service's own account, for its calls; ``None`` when auth
@@ -367,19 +383,3 @@ def _unverified_service(token: str) -> str | None:
         return None
     subject = claims.get("sub")
     return subject if isinstance(subject, str) and _SERVICE_NAME.fullmatch(subject) else None
-
-
-def _published(call: Call) -> float | None:
-    """When the event was published, for checking its token as of then; ``None`` for now."""
-    event = call.state.get("event")
-    stamp = getattr(event, "time", "") if event is not None else ""
-    if not stamp:
-        return None
-    try:
-        published = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-    now = time.time()
-    if published > now or now - published > EVENT_TOKEN_AGE:
-        return None
-    return published

@@ -41,7 +41,15 @@ from pwdlib.hashers.argon2 import Argon2Hasher
 from ..errors import AUTH_ID, BadRequest, Conflict, NotFound, Unauthorized
 from ..plugins import Parts
 from ..store import ABSENT, Store
-from .base import ACCOUNT_TYPES, Account, AccountType, Auth, Tokens, check_account_id
+from .base import (
+    ACCOUNT_TYPES,
+    Account,
+    AccountType,
+    Auth,
+    Tokens,
+    check_account_id,
+    claims_account,
+)
 from .keys import DEFAULT_PATH, KeyRing
 from .rules import Rule
 
@@ -50,8 +58,13 @@ __all__ = ["MAX_TOKEN_SIZE", "JWTAuth", "UnknownKey"]
 MAX_TOKEN_SIZE: Final = 8 * 1024
 """The longest token looked at; longer ones are refused unread."""
 _OPTIONS: Final = frozenset({"alg", "keys", "issuer", "audience", "ttl", "refresh_ttl", "leeway"})
-_TYPES: Final = {"access": "at+jwt", "refresh": "rt+jwt", "node": "node+jwt"}
-_ARTICLES: Final = {"access": "an", "refresh": "a", "node": "a"}
+_TYPES: Final = {
+    "access": "at+jwt",
+    "refresh": "rt+jwt",
+    "node": "node+jwt",
+    "event": "event+jwt",
+}
+_ARTICLES: Final = {"access": "an", "refresh": "a", "node": "a", "event": "an"}
 _FORBIDDEN_HEADERS: Final = frozenset({"jwk", "jku", "x5u", "x5c", "crit"})
 _CACHE_SIZE: Final = 4096
 _HASHER: Final = PasswordHash((Argon2Hasher(),))
@@ -280,7 +293,7 @@ class JWTAuth(Auth):
             "type": account.type,
             "scopes": list(account.scopes),
         }
-        if account.metadata and use == "access":
+        if account.metadata and use in ("access", "event"):
             payload["metadata"] = account.metadata
         header = {"alg": key.algorithm, "kid": key.kid, "typ": _TYPES[use]}
         return jwt.encode(header, payload, key.key, algorithms=[key.algorithm])
@@ -291,28 +304,18 @@ class JWTAuth(Auth):
             raise Unauthorized("the account of this token was deleted", id=AUTH_ID)
         return account
 
-    def verify_token(self, token: str, *, now: float | None = None) -> Account:
-        clock = time.time() if now is None else now
+    def verify_token(self, token: str) -> Account:
         cached = self._verified.get(token)
-        if cached is not None and now is None:
+        if cached is not None:
             account, expires = cached
-            if clock < expires:
+            if time.time() < expires:
                 return account
             del self._verified[token]
-        claims = self.verify_claims(token, use="access", now=clock)
-        account = _account(
-            {
-                "id": claims["sub"],
-                "type": claims.get("type", "user"),
-                "scopes": claims.get("scopes") or (),
-                "metadata": claims.get("metadata") or {},
-                "issuer": claims["iss"],
-            }
-        )
-        if now is None:
-            if len(self._verified) >= _CACHE_SIZE:
-                self._verified.pop(next(iter(self._verified)))
-            self._verified[token] = (account, float(claims["exp"]) + self.leeway)
+        claims = self.verify_claims(token, use="access")
+        account = claims_account(claims)
+        if len(self._verified) >= _CACHE_SIZE:
+            self._verified.pop(next(iter(self._verified)))
+        self._verified[token] = (account, float(claims["exp"]) + self.leeway)
         return account
 
     def verify_claims(self, token: str, *, use: str, now: float | None = None) -> dict[str, Any]:

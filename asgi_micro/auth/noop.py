@@ -53,7 +53,7 @@ class NoopAuth(Auth):
     async def inspect(self, token: str) -> Account:
         raise Unauthorized("auth is off (noop://): tokens are not read", id=AUTH_ID)
 
-    def verify_token(self, token: str, *, now: float | None = None) -> Account:
+    def verify_token(self, token: str) -> Account:
         raise Unauthorized("auth is off (noop://): tokens are not read", id=AUTH_ID)
 
     def verify_claims(self, token: str, *, use: str, now: float | None = None) -> dict[str, Any]:

@@ -96,6 +96,9 @@ class GrpcServer:
             raise RuntimeError("prepare(app) before serving gRPC")
         options = [
             ("grpc.max_receive_message_length", self.max_message_size),
+            # Room for a bearer token of auth's MAX_TOKEN_SIZE (8 KiB) beside the rest of the
+            # metadata: above gRPC's default soft limit, 8 KiB, it refuses a random share of calls.
+            ("grpc.max_metadata_size", 16 * 1024),
             # Fail on a port in use instead of sharing it with another process.
             ("grpc.so_reuseport", 0),
             *self.options,

@@ -21,7 +21,7 @@ from asgi_micro.auth import Resource, Rule
 from asgi_micro.auth.keys import KeyRing
 from asgi_micro.broker.base import DEAD_SUFFIX
 from asgi_micro.client import Client
-from asgi_micro.errors import Forbidden, ServiceUnavailable
+from asgi_micro.errors import Forbidden, ServiceUnavailable, Unauthorized
 from asgi_micro.fastapi import Account, Context, OptionalAccount, require_scopes
 from asgi_micro.registry import Node
 from asgi_micro.registry import Service as ServiceRecord
@@ -261,9 +261,19 @@ async def test_events_carry_the_publishers_identity_and_are_checked(
         subscription = await b.broker.subscribe(
             topic + DEAD_SUFFIX, lambda event: _record(dead, event)
         )
+        copies: list[dict[str, str]] = []
+        tap = await b.broker.subscribe(topic, lambda event: _record(copies, event))
         await a.publish(topic, Name(name="ada"))
-        await eventually(_true(lambda: seen), message="the granted event")
+        await eventually(_true(lambda: seen and copies), message="the granted event")
         assert seen == [("ada", a.name)]
+        # What a subscriber holds is a token for that one event: no good for a call.
+        token = copies[0]["authorization"].removeprefix("Bearer ")
+        assert auth.jwt._header(token)["typ"] == "event+jwt"
+        with pytest.raises(Unauthorized, match="not an access token"):
+            b.auth.verify_token(token)
+        with pytest.raises(Unauthorized, match="made for another event"):
+            b.auth.verify_event(token, topic=topic, event_id="other", body=b'{"name":"ada"}')
+        await b.broker.unsubscribe(tap)
         # The same topic from the broker directly, with no token: refused, dead-lettered.
         await b.broker.publish(topic, b'{"name": "eve"}', headers={"micro-from-service": a.name})
         await eventually(_true(lambda: dead), message="the refused event dead-lettered")
