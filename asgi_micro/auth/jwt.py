@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import os
 import secrets
 import time
@@ -68,9 +69,13 @@ _ARTICLES: Final = {"access": "an", "refresh": "a", "node": "a", "event": "an"}
 _FORBIDDEN_HEADERS: Final = frozenset({"jwk", "jku", "x5u", "x5c", "crit"})
 _CACHE_SIZE: Final = 4096
 _HASHER: Final = PasswordHash((Argon2Hasher(),))
-# Compared against when no account has the id asked for, so that an unknown id costs what a
-# wrong secret costs.
-_DUMMY_HASH: Final = _HASHER.hash(secrets.token_urlsafe(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Compared against when no account has the id asked for, so that an unknown id costs what
+    a wrong secret costs (made on first use: hashing takes a good part of a second)."""
+    return _HASHER.hash(secrets.token_urlsafe(16))
 
 
 class UnknownKey(Unauthorized):
@@ -235,7 +240,7 @@ class JWTAuth(Auth):
         except ValueError:
             raise Unauthorized("wrong account id or secret", id=AUTH_ID) from None
         data = await self._get(f"accounts/{id}")
-        hashed = data["hash"] if data is not None else _DUMMY_HASH
+        hashed = data["hash"] if data is not None else _dummy_hash()
         valid = await asyncio.to_thread(_HASHER.verify, secret, hashed)
         if data is None or not valid:
             raise Unauthorized("wrong account id or secret", id=AUTH_ID)

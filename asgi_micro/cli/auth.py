@@ -21,7 +21,7 @@ import getpass
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 from rich.table import Table
@@ -34,6 +34,7 @@ from ..auth.rules import ordered
 from ..errors import MicroError
 from ..plugins import MissingDependency, Parts
 from ..store import DEFAULT_URL as DEFAULT_STORE
+from ..store import Store
 from ..store import from_url as store_from_url
 from .common import JsonOption, MetadataOption, console, errors, pairs, print_json
 from .store import StoreOption
@@ -396,7 +397,7 @@ def registration_check(url: str) -> Callable[[str, Node], bool] | None:
     return Guard(auth, service=CLI_SERVICE, on=True).trusts
 
 
-def _auth(url: str, store: Any = None) -> Auth:
+def _auth(url: str, store: Store | None = None) -> Auth:
     return from_url(url or DEFAULT_URL, parts=Parts(service=CLI_SERVICE, store=store))
 
 

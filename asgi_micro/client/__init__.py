@@ -59,6 +59,10 @@ __all__ = ["CLIENT_ID", "Client", "ClientCall", "ClientNext", "ClientWrapper"]
 # CLIENT_ID stays importable from here, where it always was.
 
 T = TypeVar("T")
+TRUST_WAIT = 2.5
+"""Seconds a call waits for a node whose registration verifies when only others are known: a
+lookup returns on the first answer, and an mDNS responder that has just answered another
+asker waits up to 1.2 s before it answers again (RFC 6762, section 6)."""
 Transport = Literal["http", "grpc"]
 
 
@@ -573,6 +577,19 @@ class Client:
             onward.authorization = self.identity()
         return onward
 
+    async def _nodes(
+        self,
+        service: str,
+        version: str | None,
+        labels: Mapping[str, str] | None,
+        usable: Callable[[Node], bool] | None,
+    ) -> tuple[bool, list[Node]]:
+        """Whether the service has any node at all, and its nodes that ``usable`` allows."""
+        records = await self.cache.get(service)
+        nodes = candidates(records, version=version, labels=labels)
+        known = any(record.nodes for record in records)
+        return known, nodes if usable is None else [node for node in nodes if usable(node)]
+
     async def _select(
         self,
         service: str,
@@ -585,13 +602,18 @@ class Client:
     ) -> Node:
         if address is not None:
             return Node(id=address, address=address)
-        nodes = candidates(await self.cache.get(service), version=version, labels=labels)
-        if usable is not None:
-            nodes = [node for node in nodes if usable(node)]
-        if self.trusts is not None and nodes:
+        known, nodes = await self._nodes(service, version, labels, usable)
+        if self.trusts is not None and known:
             trusts = self.trusts
             trusted = [node for node in nodes if trusts(service, node)]
-            if not trusted:
+            # A lookup may return before the trusted nodes are seen (an impostor answered
+            # first, a proof is being fetched): the watch brings them within moments.
+            waited = time.monotonic() + TRUST_WAIT
+            while not trusted and time.monotonic() < waited:
+                await asyncio.sleep(0.05)
+                known, nodes = await self._nodes(service, version, labels, usable)
+                trusted = [node for node in nodes if trusts(service, node)]
+            if nodes and not trusted:
                 raise ServiceUnavailable(
                     f"service {service}: {len(nodes)} node(s) found, none whose registration "
                     "verifies under this deployment's keys (auth is on)",

@@ -147,6 +147,8 @@ class MDNSRegistry(Registry):
         self._expiry: dict[str, asyncio.TimerHandle] = {}  # instance name -> TTL check
         self._fetched: dict[str, _Fetch] = {}  # by node id
         self._watchers: set[tuple[str | None, asyncio.Queue[Event | None]]] = set()
+        self._backlog: list[tuple[EventType, _Advert]] | None = None  # events waiting in order
+        self._teller: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
 
     @classmethod
@@ -200,6 +202,9 @@ class MDNSRegistry(Registry):
         self._registered.clear()
         self._nodes.clear()
         self._expiry.clear()
+        if self._teller is not None:
+            self._teller.cancel()
+            self._teller, self._backlog = None, None
         fetches = [entry.task for entry in self._fetched.values()]
         self._fetched.clear()
         for task in fetches:
@@ -449,7 +454,7 @@ class MDNSRegistry(Registry):
         if text is None or advert is None:
             if previous is not None:
                 self._forget(instance, previous)
-                self._notify(EventType.DELETE, previous.record)
+                self._tell(EventType.DELETE, previous)
             return
         self._nodes[instance] = advert
         delay = (text.get_expiration_time(100) - current_time_millis()) / 1000 + _EXPIRY_SLACK
@@ -457,9 +462,9 @@ class MDNSRegistry(Registry):
             delay, self._reconcile, instance
         )
         if previous is None:
-            self._notify(EventType.CREATE, advert.record)
+            self._tell(EventType.CREATE, advert)
         elif previous.text != advert.text:
-            self._notify(EventType.UPDATE, advert.record)
+            self._tell(EventType.UPDATE, advert)
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -493,6 +498,34 @@ class MDNSRegistry(Registry):
             if isinstance(record, DNSPointer) and record.alias.lower() == instance.lower()
         ]
         cache.async_remove_records([*pointers, *cache.async_entries_with_name(instance)])
+
+    def _tell(self, type: EventType, advert: _Advert) -> None:
+        """Tell the watchers, in the order things happened. A node whose TXT record left its
+        metadata out (a registration's proof never fits) is told once that is fetched from the
+        node, as a lookup would have it, and what comes after waits behind it."""
+        if not self._watchers:
+            return
+        incomplete = type is not EventType.DELETE and "n" in advert.missing
+        if self._backlog is None and not incomplete:
+            self._notify(type, advert.record)
+            return
+        if self._backlog is None:
+            self._backlog = []
+            self._teller = asyncio.get_running_loop().create_task(
+                self._tell_in_order(), name="asgi-micro mdns events"
+            )
+        self._backlog.append((type, advert))
+
+    async def _tell_in_order(self) -> None:
+        try:
+            while self._backlog:
+                type, advert = self._backlog.pop(0)
+                record = advert.record
+                if type is not EventType.DELETE and "n" in advert.missing:
+                    record = await self._complete(advert, fetch=True, whole=False)
+                self._notify(type, record)
+        finally:
+            self._backlog, self._teller = None, None
 
     def _notify(self, type: EventType, record: Service) -> None:
         for wanted, queue in self._watchers:
