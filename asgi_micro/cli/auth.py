@@ -125,23 +125,16 @@ def list_accounts(
 ) -> None:
     """Print the accounts (never a secret, nor its hash)."""
     found = sorted(_with_auth(store, auth, as_json, lambda a: a.accounts()), key=lambda a: a.id)
-    if as_json:
-        print_json([account.public() for account in found])
-        return
-    if not found:
-        console.print("no accounts")
-        return
-    table = Table("id", "type", "scopes", "metadata", "created")
-    for account in found:
-        cells = (
-            account.id,
-            account.type,
-            ", ".join(account.scopes),
-            _compact(account.metadata),
-            _time(account.created),
-        )
-        table.add_row(*(Text(cell) for cell in cells))
-    console.print(table)
+    _listing(
+        "accounts",
+        [account.public() for account in found],
+        ("id", "type", "scopes", "metadata", "created"),
+        [
+            (a.id, a.type, ", ".join(a.scopes), _compact(a.metadata), _time(a.created))
+            for a in found
+        ],
+        as_json,
+    )
 
 
 @accounts.command("delete")
@@ -281,17 +274,13 @@ def list_rules(
 ) -> None:
     """Print the rules in the order the guard looks at them: the first that applies decides."""
     found = ordered(_with_auth(store, auth, as_json, lambda a: a.rules()))
-    if as_json:
-        print_json([rule.to_dict() for rule in found])
-        return
-    if not found:
-        console.print("no rules")
-        return
-    table = Table("id", "scope", "resource", "access", "priority")
-    for rule in found:
-        cells = (rule.id, _scope(rule.scope), str(rule.resource), rule.access, str(rule.priority))
-        table.add_row(*(Text(cell) for cell in cells))
-    console.print(table)
+    _listing(
+        "rules",
+        [rule.to_dict() for rule in found],
+        ("id", "scope", "resource", "access", "priority"),
+        [(r.id, _scope(r.scope), str(r.resource), r.access, str(r.priority)) for r in found],
+        as_json,
+    )
 
 
 @rules.command("delete")
@@ -439,6 +428,26 @@ def _pairs(items: list[str] | None) -> dict[str, str]:
         return pairs(items or [])
     except typer.BadParameter as exc:
         _fail(exc.format_message(), 2)
+
+
+def _listing(
+    what: str,
+    records: list[dict[str, object]],
+    columns: tuple[str, ...],
+    rows: list[tuple[str, ...]],
+    as_json: bool,
+) -> None:
+    """A list command's output: the records as JSON, or a table of ``rows``."""
+    if as_json:
+        print_json(records)
+        return
+    if not rows:
+        console.print(f"no {what}")
+        return
+    table = Table(*columns)
+    for cells in rows:
+        table.add_row(*(Text(cell) for cell in cells))
+    console.print(table)
 
 
 def _compact(mapping: dict[str, str]) -> str:
