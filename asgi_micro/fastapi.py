@@ -2,6 +2,8 @@
 
 Each resolves on asgi-micro's fast path and over gRPC as well as through FastAPI.
 
+``Session`` is an ``AsyncSession`` on the service's database for the call (``asgi_micro.data``).
+
 ``Account`` is the caller's verified account (a 401 without a valid token); ``OptionalAccount``
 is ``None`` instead; ``require_scopes("admin")`` is an account that holds those scopes (else
 403), as ``admin: Annotated[auth.Account, require_scopes("admin")]``.
@@ -19,6 +21,7 @@ from . import context as context_module
 from . import events as events_module
 from . import service as service_module
 from . import store as store_module
+from .data import Session
 from .errors import AUTH_ID, Forbidden, Unauthorized
 from .pipeline import Host
 from .rpc import micro_dependency
@@ -30,6 +33,7 @@ __all__ = [
     "Context",
     "CurrentService",
     "OptionalAccount",
+    "Session",
     "Store",
     "require_scopes",
     "require_service",

@@ -311,6 +311,8 @@ def check_wrapper(wrapper: Any) -> None:
 def _invoker(rpc: RPC, host: Host | None) -> Next:
     """The innermost step of ``rpc``'s pipeline: dependencies, then the handler."""
     handler, param, resolvers = rpc.handler, rpc.request_param, rpc.resolvers
+    if rpc.scoped:
+        return _scoped_invoker(rpc, host)
     if rpc.server_streaming:
 
         async def stream(call: Call) -> None:
@@ -340,6 +342,32 @@ def _invoker(rpc: RPC, host: Host | None) -> Next:
 
     def invoke(call: Call) -> Awaitable[Any]:
         return rpc.invoke(rpc.arguments(call.request, host, call.context))
+
+    return invoke
+
+
+def _scoped_invoker(rpc: RPC, host: Host | None) -> Next:
+    """The innermost step of an RPC with dependencies that live for the call: they are
+    entered before the handler and exited once it returned, or its stream ended."""
+    if rpc.server_streaming:
+
+        async def stream(call: Call) -> None:
+            async with contextlib.AsyncExitStack() as stack:
+                kwargs = rpc.arguments(call.request, host, call.context)
+                replies = rpc.stream(await rpc.enter(stack, kwargs, host, call.context))
+                try:
+                    write = call.write
+                    async for reply in replies:
+                        await write(reply)
+                finally:
+                    await replies.aclose()
+
+        return stream
+
+    async def invoke(call: Call) -> Any:
+        async with contextlib.AsyncExitStack() as stack:
+            kwargs = rpc.arguments(call.request, host, call.context)
+            return await rpc.invoke(await rpc.enter(stack, kwargs, host, call.context))
 
     return invoke
 

@@ -181,7 +181,8 @@ class MicroRoute(APIRoute):
     def fast_allowed(self, scope: Scope) -> bool:
         """Whether this request may skip FastAPI: nothing it would run may be skipped."""
         assert self.rpc is not None
-        if self.rpc.resolvers and getattr(scope.get("app"), "dependency_overrides", None):
+        overridable = self.rpc.resolvers or self.rpc.scoped
+        if overridable and getattr(scope.get("app"), "dependency_overrides", None):
             return False  # tests override dependencies through FastAPI; let FastAPI resolve them
         fastapi_scope = scope.get("fastapi")
         if fastapi_scope:

@@ -4,6 +4,10 @@
 the return type, and dependencies asgi-micro can resolve without FastAPI (``Store``, ``Context``,
 ...). Every protocol calls it through the service's pipeline (``asgi_micro.pipeline``).
 
+A dependency whose value lives for the call (a database session) is an async generator, in
+FastAPI's ``yield`` style: what it yields is the handler's, and what follows the ``yield`` runs
+once the call is over (its reply written, its stream ended), on every protocol.
+
 Streaming follows the signature: an async generator (``-> AsyncIterator[Reply]``) streams its
 replies, and a request parameter annotated ``AsyncIterator[Request]`` receives a stream of
 requests; both together make a bidirectional stream.
@@ -12,9 +16,11 @@ requests; both together make a bidirectional stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import typing
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, get_args, get_origin
 
@@ -29,20 +35,36 @@ from .state import service_of
 if TYPE_CHECKING:
     from .pipeline import Host
 
-__all__ = ["RPC", "Resolver", "micro_dependency"]
+__all__ = ["RPC", "Resolver", "ScopedResolver", "micro_dependency"]
 
 Resolver = Callable[["Host | None", Context], Any]
 """Resolves a dependency from the running service (``None`` without one) and the call's
 context."""
+ScopedResolver = Callable[["Host | None", Context], AbstractAsyncContextManager[Any]]
+"""Enters a dependency that lives for the call, from the same two; exited once it is over."""
 
 _RESOLVER_ATTRIBUTE = "__micro_resolve__"
+_SCOPED_ATTRIBUTE = "__micro_enter__"
 
 
-def micro_dependency(resolve: Resolver) -> Callable[..., Any]:
+def micro_dependency(resolve: Callable[[Host | None, Context], Any]) -> Callable[..., Any]:
     """A FastAPI dependency that asgi-micro can also resolve on its own fast path and over gRPC.
 
-    ``resolve(service, context)`` returns the value. Use the result with ``Depends``.
+    ``resolve(service, context)`` returns the value; or, an async generator, yields it and
+    cleans up after the call (FastAPI: after the response is sent). Use the result with
+    ``Depends``.
     """
+    if inspect.isasyncgenfunction(resolve):
+        enter: ScopedResolver = contextlib.asynccontextmanager(resolve)
+
+        async def scoped(request: Request) -> AsyncIterator[Any]:
+            context = current_context() or Context.from_headers(request.scope["headers"])
+            async with enter(service_of(request.scope), context) as value:
+                yield value
+
+        setattr(scoped, _SCOPED_ATTRIBUTE, enter)
+        scoped.__name__ = getattr(resolve, "__name__", "micro_dependency")
+        return scoped
 
     def dependency(request: Request) -> Any:
         context = current_context() or Context.from_headers(request.scope["headers"])
@@ -63,6 +85,8 @@ class RPC:
     response: MessageType | None
     request_param: str | None
     resolvers: dict[str, Resolver] = field(default_factory=dict)
+    # Dependencies that live for the call: entered before the handler, exited after it.
+    scoped: dict[str, ScopedResolver] = field(default_factory=dict)
     # False when a parameter needs FastAPI's machinery (a plain Depends, Request, Header, ...).
     standalone: bool = True
     idempotent: bool = False
@@ -79,6 +103,7 @@ class RPC:
         self.plain = (
             self.is_async
             and not self.resolvers
+            and not self.scoped
             and self.request_param is not None
             and len(parameters) == 1
             and parameters[0].kind
@@ -100,16 +125,20 @@ class RPC:
         request_type: Any = None
         client_streaming = False
         resolvers: dict[str, Resolver] = {}
+        scoped: dict[str, ScopedResolver] = {}
         standalone = True
         for parameter in inspect.signature(handler).parameters.values():
             annotation = hints.get(parameter.name, inspect.Parameter.empty)
             depends = _depends_of(annotation, parameter.default)
             if depends is not None:
                 resolver = getattr(depends.dependency, _RESOLVER_ATTRIBUTE, None)
-                if resolver is None:
-                    standalone = False
-                else:
+                enter = getattr(depends.dependency, _SCOPED_ATTRIBUTE, None)
+                if resolver is not None:
                     resolvers[parameter.name] = resolver
+                elif enter is not None:
+                    scoped[parameter.name] = enter
+                else:
+                    standalone = False
                 continue
             if annotation is inspect.Parameter.empty:
                 raise TypeError(f"{name}: annotate parameter {parameter.name!r} with its type")
@@ -156,6 +185,7 @@ class RPC:
             response=None if return_type is None else MessageType(return_type),
             request_param=request_param,
             resolvers=resolvers,
+            scoped=scoped,
             standalone=standalone,
             idempotent=idempotent,
             server_streaming=server_streaming,
@@ -184,6 +214,18 @@ class RPC:
             kwargs[self.request_param] = request
         for param, resolve in self.resolvers.items():
             kwargs[param] = resolve(host, context)
+        return kwargs
+
+    async def enter(
+        self,
+        stack: contextlib.AsyncExitStack,
+        kwargs: dict[str, Any],
+        host: Host | None,
+        context: Context,
+    ) -> dict[str, Any]:
+        """``kwargs`` with the dependencies that live for the call, entered on ``stack``."""
+        for param, enter in self.scoped.items():
+            kwargs[param] = await stack.enter_async_context(enter(host, context))
         return kwargs
 
     async def invoke(self, kwargs: dict[str, Any]) -> Any:

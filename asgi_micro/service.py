@@ -4,8 +4,8 @@
     app = FastAPI(lifespan=service.lifespan)        # or app.add_middleware(MicroMiddleware, ...)
 
 The parts, each in a module of its own, start in this order and stop in the reverse one: the
-registry and the store (backends from arguments, else ``MICRO_*`` environment variables, else
-the embedded defaults), and, when the service serves an app, the gRPC server and the
+registry, the store and the database (backends from arguments, else ``MICRO_*`` environment
+variables, else the embedded defaults), and, when the service serves an app, the gRPC server and the
 registrar, which registers the node with a TTL and keeps it registered. Every call on every
 protocol runs through the service's ``pipeline``, with the wrappers added by ``wrap``.
 
@@ -38,6 +38,7 @@ from .auth.guard import Guard
 from .broker import Broker
 from .broker.base import check_topic
 from .broker.http import Embeddable
+from .data import Database
 from .endpoints import endpoints_of
 from .events import Events, Publication, Publisher, Subscriber
 from .grpc import GrpcServer, service_package
@@ -85,6 +86,7 @@ class Service:
         metadata: Mapping[str, str] | None = None,
         registry: Registry | str | None = None,
         store: Store | str | None = None,
+        database: Database | str | None = None,
         broker: Broker | str | None = None,
         auth: Auth | str | None = None,
         address: str | None = None,
@@ -137,6 +139,11 @@ class Service:
             store_module.from_url,
             Parts(service=name, registry=self.registry),
         )
+        self.database: Database = self._backend(
+            database or settings.database, Database.from_url, Parts(service=name)
+        )
+        """The SQLModel tables' database (``asgi_micro.data``); ``Session`` gives a call a
+        session on it."""
         self.broker: Broker = self._backend(
             broker or settings.broker,
             broker_module.from_url,
@@ -199,6 +206,7 @@ class Service:
         parts: list[Part] = [
             self.registry,
             self._store_backend,
+            self.database,
             self.auth,
             self.guard,
             self.broker,
@@ -492,7 +500,7 @@ class Service:
 
 
 def _is_backend(part: Part) -> bool:
-    return isinstance(part, Registry | Store | Broker | Auth)
+    return isinstance(part, Registry | Store | Database | Broker | Auth)
 
 
 def _install_middleware(app: Any, service: Service) -> None:

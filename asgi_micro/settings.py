@@ -9,6 +9,7 @@ from pydantic import PositiveFloat, PositiveInt, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from . import broker as broker_module
+from . import data as data_module
 from . import registry as registry_module
 from . import store as store_module
 from .limits import (
@@ -35,6 +36,8 @@ class Settings(BaseSettings):
 
     registry: str = registry_module.DEFAULT_URL
     store: str = store_module.DEFAULT_URL
+    database: str = data_module.DEFAULT_URL
+    """``MICRO_DATABASE``: where the service's SQLModel tables live (``asgi_micro.data``)."""
     broker: str = broker_module.DEFAULT_URL
     auth: str = ""
     """An auth URL turns auth on (``jwt://...``) or off (``noop://``); unset, auth is

@@ -17,6 +17,7 @@ from tests.helpers import new_mdns_domain
 
 os.environ.pop("MICRO_REGISTRY", None)
 os.environ["MICRO_STORE"] = "memory://"
+os.environ["MICRO_DATABASE"] = "sqlite://"
 
 
 @pytest.fixture(autouse=True)

@@ -50,6 +50,7 @@ MODULES = [
     "asgi_micro.auth.keys",
     "asgi_micro.auth.noop",
     "asgi_micro.auth.rules",
+    "asgi_micro.data",
     "asgi_micro.endpoints",
     "asgi_micro.client.calls",
     "asgi_micro.cli.common",
