@@ -48,7 +48,15 @@ if TYPE_CHECKING:
     from .pipeline import Host
     from .plugins import Parts
 
-__all__ = ["DEFAULT_URL", "Database", "Migrate", "Session", "database_of", "open_session"]
+__all__ = [
+    "DEFAULT_URL",
+    "Database",
+    "Migrate",
+    "Session",
+    "async_url",
+    "database_of",
+    "open_session",
+]
 
 DEFAULT_URL: Final = "sqlite:///.micro/data.db"
 """The embedded default: a SQLite file under ``.micro/`` in the working directory."""
