@@ -144,13 +144,21 @@ class Database(Pluggable):
         return self._started
 
     async def start(self) -> None:
-        """Create the tables, or migrate; called again it does nothing."""
+        """Create the tables, or migrate (with neither to do, nothing: the database opens on
+        the first session); called again it does nothing."""
         async with self._lock:
             if self._started:
                 return
             url = self.engine.url
             if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
                 Path(str(url.database)).parent.mkdir(parents=True, exist_ok=True)
+            if self.migrate is None and self.schema is None and not (
+                self.create_tables and self.metadata.tables
+            ):
+                # Nothing to create: a service that keeps no tables opens no database (and
+                # makes no file) until a session asks for one.
+                self._started = True
+                return
             try:
                 async with self.engine.begin() as connection:
                     if self.schema is not None:
