@@ -11,7 +11,7 @@ is ``None`` instead; ``require_scopes("admin")`` is an account that holds those 
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends
 
@@ -30,6 +30,7 @@ __all__ = [
     "Account",
     "Broker",
     "Client",
+    "Config",
     "Context",
     "CurrentService",
     "OptionalAccount",
@@ -38,6 +39,8 @@ __all__ = [
     "require_scopes",
     "require_service",
 ]
+
+T = TypeVar("T")
 
 
 def require_service(host: Host | None) -> service_module.Service:
@@ -69,6 +72,17 @@ def _store(host: Host | None, context: context_module.Context) -> store_module.S
 def _publisher(host: Host | None, context: context_module.Context) -> events_module.Publisher:
     return require_service(host).publisher
 
+
+def _config(host: Host | None, context: context_module.Context) -> Any:
+    config = require_service(host).config
+    if config is None:
+        raise RuntimeError("this Service has no config: Service(name, config=Settings)")
+    return config.value
+
+
+Config = Annotated[T, Depends(micro_dependency(_config))]
+"""The service's config in force, as its model: ``settings: Config[Settings]``; read per call,
+so a handler sees a reload at its next call."""
 
 Broker = Annotated[events_module.Publisher, Depends(micro_dependency(_publisher))]
 """Publishes events for the service: ``await broker.publish("user.created", user)``."""

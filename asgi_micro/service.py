@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
 import httpx
+from pydantic import BaseModel
 from starlette.middleware.errors import ServerErrorMiddleware
 
 from . import auth as auth_module
@@ -38,6 +39,7 @@ from .auth.guard import Guard
 from .broker import Broker
 from .broker.base import check_topic
 from .broker.http import Embeddable
+from .config import Config, default_sources
 from .data import Database
 from .endpoints import endpoints_of
 from .events import Events, Publication, Publisher, Subscriber
@@ -100,6 +102,7 @@ class Service:
         max_message_size: int | None = None,
         propagate: Collection[str] | None = None,
         trust_callers: bool | None = None,
+        config: type[BaseModel] | Config[Any] | None = None,
     ) -> None:
         if not _NAME.fullmatch(name):
             raise ValueError(f"a service name is letters, digits, '.', '_' and '-', got {name!r}")
@@ -139,6 +142,15 @@ class Service:
             store_module.from_url,
             Parts(service=name, registry=self.registry),
         )
+        self.config: Config[Any] | None = None
+        """The service's config (``asgi_micro.config``): ``config=Settings`` loads the model
+        from ``.env``, ``MICRO_CONFIG_*`` variables and the store records ``config/<path>`` of
+        this service's table; a ``Config`` given is used as it is (and stopped by its owner)."""
+        if isinstance(config, Config):
+            self.config = config
+        elif config is not None:
+            self.config = Config(config, sources=default_sources(store=self.store))
+            self._owned.append(self.config)
         self.database: Database = self._backend(
             database or settings.database, Database.from_url, Parts(service=name)
         )
@@ -206,6 +218,7 @@ class Service:
         parts: list[Part] = [
             self.registry,
             self._store_backend,
+            *([self.config] if self.config is not None else []),
             self.database,
             self.auth,
             self.guard,
@@ -500,7 +513,7 @@ class Service:
 
 
 def _is_backend(part: Part) -> bool:
-    return isinstance(part, Registry | Store | Database | Broker | Auth)
+    return isinstance(part, Registry | Store | Database | Broker | Auth | Config)
 
 
 def _install_middleware(app: Any, service: Service) -> None:

@@ -9,6 +9,7 @@ import typer
 from .apps import import_app, locate_app
 from .asyncapi import asyncapi
 from .auth import app as auth_app
+from .config import app as config_app
 from .events import publish, subscribe
 from .proto import proto
 from .run import run
@@ -27,6 +28,7 @@ for command in (run, services, describe, call, health, publish, subscribe, proto
     app.command()(command)
 app.add_typer(store_app, name="store", help="Read and write the store.")
 app.add_typer(auth_app, name="auth", help="Accounts, rules, tokens and signing keys.")
+app.add_typer(config_app, name="config", help="Show, get and set the service's config.")
 
 
 def main() -> None:
