@@ -152,8 +152,10 @@ class Database(Pluggable):
             url = self.engine.url
             if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
                 Path(str(url.database)).parent.mkdir(parents=True, exist_ok=True)
-            if self.migrate is None and self.schema is None and not (
-                self.create_tables and self.metadata.tables
+            if (
+                self.migrate is None
+                and self.schema is None
+                and not (self.create_tables and self.metadata.tables)
             ):
                 # Nothing to create: a service that keeps no tables opens no database (and
                 # makes no file) until a session asks for one.
