@@ -21,6 +21,7 @@ from . import context as context_module
 from . import events as events_module
 from . import service as service_module
 from . import store as store_module
+from . import sync as sync_module
 from .data import Session
 from .errors import AUTH_ID, Forbidden, Unauthorized
 from .pipeline import Host
@@ -36,6 +37,7 @@ __all__ = [
     "OptionalAccount",
     "Session",
     "Store",
+    "Sync",
     "require_scopes",
     "require_service",
 ]
@@ -83,6 +85,14 @@ def _config(host: Host | None, context: context_module.Context) -> Any:
 Config = Annotated[T, Depends(micro_dependency(_config))]
 """The service's config in force, as its model: ``settings: Config[Settings]``; read per call,
 so a handler sees a reload at its next call."""
+
+
+def _sync(host: Host | None, context: context_module.Context) -> sync_module.Sync:
+    return require_service(host).sync
+
+
+Sync = Annotated[sync_module.Sync, Depends(micro_dependency(_sync))]
+"""The service's locks and leader election: ``async with sync.lock("orders/42", ttl=10)``."""
 
 Broker = Annotated[events_module.Publisher, Depends(micro_dependency(_publisher))]
 """Publishes events for the service: ``await broker.publish("user.created", user)``."""

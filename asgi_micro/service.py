@@ -34,6 +34,7 @@ from . import auth as auth_module
 from . import broker as broker_module
 from . import registry as registry_module
 from . import store as store_module
+from . import sync as sync_module
 from .auth import Auth
 from .auth.guard import Guard
 from .broker import Broker
@@ -57,6 +58,7 @@ from .settings import Settings
 from .signals import ExitSignals
 from .state import STATE_KEY
 from .store import Store
+from .sync import Sync
 from .types import ASGIApp
 
 if TYPE_CHECKING:
@@ -91,6 +93,7 @@ class Service:
         database: Database | str | None = None,
         broker: Broker | str | None = None,
         auth: Auth | str | None = None,
+        sync: Sync | str | None = None,
         address: str | None = None,
         register_ttl: float | None = None,
         register_interval: float | None = None,
@@ -156,6 +159,12 @@ class Service:
         )
         """The SQLModel tables' database (``asgi_micro.data``); ``Session`` gives a call a
         session on it."""
+        self.sync: Sync = self._backend(
+            sync or settings.sync,
+            sync_module.from_url,
+            Parts(service=name, registry=self.registry, store=self._store_backend),
+        )
+        """Locks and leader election (``asgi_micro.sync``); its leases end when it stops."""
         self.broker: Broker = self._backend(
             broker or settings.broker,
             broker_module.from_url,
@@ -220,6 +229,7 @@ class Service:
             self._store_backend,
             *([self.config] if self.config is not None else []),
             self.database,
+            self.sync,
             self.auth,
             self.guard,
             self.broker,
@@ -513,7 +523,7 @@ class Service:
 
 
 def _is_backend(part: Part) -> bool:
-    return isinstance(part, Registry | Store | Database | Broker | Auth | Config)
+    return isinstance(part, Registry | Store | Database | Sync | Broker | Auth | Config)
 
 
 def _install_middleware(app: Any, service: Service) -> None:

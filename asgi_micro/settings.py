@@ -12,6 +12,7 @@ from . import broker as broker_module
 from . import data as data_module
 from . import registry as registry_module
 from . import store as store_module
+from . import sync as sync_module
 from .limits import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
@@ -43,6 +44,8 @@ class Settings(BaseSettings):
     """An auth URL turns auth on (``jwt://...``) or off (``noop://``); unset, auth is
     ``jwt://`` and open, unless ``auth_default`` is ``deny``."""
     auth_default: Literal["open", "deny"] = "open"
+    sync: str = sync_module.DEFAULT_URL
+    """``MICRO_SYNC``: locks and leader election (``memory://``, ``store://``, ``redis://``...)."""
     address: str | None = None
     grpc: bool = True
     grpc_address: str | None = None

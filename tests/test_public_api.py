@@ -54,6 +54,8 @@ MODULES = [
     "asgi_micro.config",
     "asgi_micro.config.paths",
     "asgi_micro.cli.config",
+    "asgi_micro.sync",
+    "asgi_micro.sync.base",
     "asgi_micro.endpoints",
     "asgi_micro.client.calls",
     "asgi_micro.cli.common",

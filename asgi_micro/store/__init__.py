@@ -17,6 +17,7 @@ from .base import (
     MAX_METADATA_SIZE,
     MAX_NAME_SIZE,
     MAX_VALUE_SIZE,
+    Fence,
     Record,
     Store,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "MAX_METADATA_SIZE",
     "MAX_NAME_SIZE",
     "MAX_VALUE_SIZE",
+    "Fence",
     "Record",
     "Store",
     "from_url",

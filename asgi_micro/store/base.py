@@ -9,6 +9,11 @@ Versions count the writes since a record was created: the first write gives vers
 each write adds one. ``if_version=N`` makes a write or delete happen only while the record is
 at version N, and ``if_version=ABSENT`` (0) makes a write happen only while there is no live
 record (first write wins). A record that was deleted or expired starts again at version 1.
+
+``fence=Fence(lock_name, token)`` (a lease's ``fence``) makes a write happen only if ``token`` is
+at least the highest token any fenced write for that lock name has used, checked and recorded
+atomically with the write; otherwise ``Conflict``. A holder paused past its lease's TTL, whose
+successor has written with a higher token, is thereby refused.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Final, Self, TypeVar, overload
+from typing import Any, Final, NamedTuple, Self, TypeVar, overload
 
 import orjson
 from pydantic_core import PydanticSerializationError
@@ -38,6 +43,7 @@ __all__ = [
     "MAX_METADATA_SIZE",
     "MAX_NAME_SIZE",
     "MAX_VALUE_SIZE",
+    "Fence",
     "Record",
     "Store",
 ]
@@ -57,6 +63,13 @@ MAX_VALUE_SIZE: Final = 1024 * 1024
 """The default limit on a value's bytes; each store takes ``max_value_size``."""
 MAX_METADATA_SIZE: Final = 64 * 1024
 """Bytes of a record's metadata encoded as JSON."""
+
+
+class Fence(NamedTuple):
+    """A lock's name and a holder's fencing token, for ``Store.write(..., fence=...)``."""
+
+    name: str
+    token: int
 
 
 @dataclass(slots=True)
@@ -159,12 +172,14 @@ class Store(Pluggable):
         ttl: float | None = None,
         metadata: Mapping[str, str] | None = None,
         if_version: int | None = None,
+        fence: Fence | tuple[str, int] | None = None,
     ) -> Record:
         """Store ``value`` under the key ``record``, or store a ``Record``; returns what was stored.
 
         Given a ``Record``, its value, metadata and ``expires_at`` are written unless ``ttl`` or
         ``metadata`` say otherwise; its ``version`` is not a condition unless passed as
-        ``if_version``. Raises ``Conflict`` when ``if_version`` does not match.
+        ``if_version``. Raises ``Conflict`` when ``if_version`` does not match, or when
+        ``fence``'s token is below the highest one a fenced write for its lock name used.
         """
         now = time.time()
         if isinstance(record, Record):
@@ -190,7 +205,12 @@ class Store(Pluggable):
         stored_metadata = _check_metadata(metadata)
         if if_version is not None:
             _check_version(if_version)
-        version = await self._write(key, value, stored_metadata, expires_at, if_version, now)
+        if fence is None:
+            version = await self._write(key, value, stored_metadata, expires_at, if_version, now)
+        else:
+            version = await self._write_fenced(
+                key, value, stored_metadata, expires_at, if_version, now, _check_fence(fence)
+            )
         return Record(key, value, dict(stored_metadata), expires_at, version)
 
     async def delete(self, key: str, *, if_version: int | None = None) -> bool:
@@ -229,6 +249,7 @@ class Store(Pluggable):
         ttl: float | None = None,
         metadata: Mapping[str, str] | None = None,
         if_version: int | None = None,
+        fence: Fence | tuple[str, int] | None = None,
     ) -> Record:
         """Store a pydantic model, or anything else JSON can carry, as JSON."""
         try:
@@ -237,7 +258,9 @@ class Store(Pluggable):
             raise BadRequest(
                 f"value for key {key!r} cannot be stored as JSON: {exc}", id=STORE_ID
             ) from exc
-        return await self.write(key, encoded, ttl=ttl, metadata=metadata, if_version=if_version)
+        return await self.write(
+            key, encoded, ttl=ttl, metadata=metadata, if_version=if_version, fence=fence
+        )
 
     @overload
     async def read_json(self, key: str) -> Any: ...
@@ -281,6 +304,27 @@ class Store(Pluggable):
             f"{self._database}/{self._table} key {key!r}: expected {wanted}, found {actual}",
             id=STORE_ID,
         )
+
+    def _fenced_out(self, fence: Fence, highest: int | None) -> Conflict:
+        """The error for a fenced write whose token is below the highest one used."""
+        return Conflict(
+            f"{self._database}/{self._table}: fencing token {fence.token} of lock "
+            f"{fence.name!r} is stale; a write used token {highest}",
+            id=STORE_ID,
+        )
+
+    async def _write_fenced(
+        self,
+        key: str,
+        value: bytes,
+        metadata: dict[str, str],
+        expires_at: float | None,
+        if_version: int | None,
+        now: float,
+        fence: Fence,
+    ) -> int:
+        """Like ``_write``, if ``fence`` holds; records its token in the same atomic step."""
+        raise NotImplementedError(f"{type(self).__name__} has no fenced writes")
 
     # What a backend implements. Arguments are validated; ``now`` is Unix time in seconds and
     # a record whose ``expires_at`` is at or before it is gone.
@@ -400,6 +444,17 @@ def _is_number(value: object) -> bool:
 def _check_version(version: object) -> None:
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
         raise BadRequest(f"if_version must be an int >= 0, got {version!r}", id=STORE_ID)
+
+
+def _check_fence(fence: object) -> Fence:
+    if not isinstance(fence, tuple) or len(fence) != 2:
+        raise BadRequest(f"fence must be a Fence(name, token), got {fence!r}", id=STORE_ID)
+    name, token = fence
+    if not _check_text("fence name", name):
+        raise BadRequest("fence name must not be empty", id=STORE_ID)
+    if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+        raise BadRequest(f"fencing token must be an int >= 0, got {token!r}", id=STORE_ID)
+    return Fence(name, token)
 
 
 def _check_page(limit: object, offset: object) -> tuple[int | None, int]:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .base import ABSENT, DEFAULT_DATABASE, DEFAULT_TABLE, MAX_VALUE_SIZE, Record, Store
+from .base import ABSENT, DEFAULT_DATABASE, DEFAULT_TABLE, MAX_VALUE_SIZE, Fence, Record, Store
 
 if TYPE_CHECKING:
     from ..plugins import Parts
@@ -70,6 +70,7 @@ class _State:
     tables: dict[tuple[str, str], _Table] = field(default_factory=dict)
     # (expires_at, database, table, key): a write with a TTL pushes one; stale ones are skipped
     expiries: list[tuple[float, str, str, str]] = field(default_factory=list)
+    fences: dict[str, int] = field(default_factory=dict)  # lock name -> highest token written
     started: bool = False
     sweeper: asyncio.Task[None] | None = None
 
@@ -162,6 +163,26 @@ class MemoryStore(Store):
         table.put(key, _Entry(value, dict(metadata), expires_at, version))
         if expires_at is not None:
             heapq.heappush(self._state.expiries, (expires_at, self._database, self._table, key))
+        return version
+
+    async def _write_fenced(
+        self,
+        key: str,
+        value: bytes,
+        metadata: dict[str, str],
+        expires_at: float | None,
+        if_version: int | None,
+        now: float,
+        fence: Fence,
+    ) -> int:
+        self._require_started()
+        fences = self._state.fences
+        highest = fences.get(fence.name)
+        if highest is not None and fence.token < highest:
+            raise self._fenced_out(fence, highest)
+        # _write does not suspend, so nothing runs between the check above and the write
+        version = await self._write(key, value, metadata, expires_at, if_version, now)
+        fences[fence.name] = fence.token
         return version
 
     async def _delete(self, key: str, if_version: int | None, now: float) -> bool:

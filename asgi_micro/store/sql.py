@@ -11,6 +11,9 @@ dialect, on the driver connections underneath: one statement per operation, auto
 with no per-call pool checkout, so an operation costs what the raw driver costs. SQLite gets
 one writer connection (writes queue in the process rather than spin on the file lock) and
 read-only readers, WAL and ``synchronous=FULL``: a write is on disk when it returns.
+
+A fenced write runs in one transaction with an upsert of its lock's row in ``<sql_table>_fence``
+(``name``, highest ``token``) that only raises the token; the table is made on the first one.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from ..errors import STORE_ID, ServiceUnavailable
-from .base import ABSENT, DEFAULT_DATABASE, DEFAULT_TABLE, MAX_VALUE_SIZE, Record, Store
+from .base import ABSENT, DEFAULT_DATABASE, DEFAULT_TABLE, MAX_VALUE_SIZE, Fence, Record, Store
 
 if TYPE_CHECKING:
     from ..plugins import Parts
@@ -98,6 +101,16 @@ class Statements:
             f"(SELECT database_name, table_name, key FROM {table} "
             f"WHERE expires_at <= $1 LIMIT {SWEEP_BATCH}) RETURNING version"
         )
+        fences = f"{table}_fence"
+        self.create_fences = (
+            f"CREATE TABLE IF NOT EXISTS {fences} (name TEXT PRIMARY KEY, token BIGINT NOT NULL)"
+        )
+        self.raise_fence = self._sql(
+            f"INSERT INTO {fences} (name, token) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE "
+            f"SET token = excluded.token WHERE {fences}.token <= excluded.token RETURNING token"
+        )
+        self.fence = self._sql(f"SELECT token FROM {fences} WHERE name = $1")
+        self.begin = "BEGIN IMMEDIATE" if dialect == "sqlite" else "BEGIN"
         self._ranges: dict[tuple[bool, ...], str] = {}
 
     def range(
@@ -297,6 +310,7 @@ class _Shared:
         self.reader: _Pool | None = None
         self.sweeper: asyncio.Task[None] | None = None
         self.lock = asyncio.Lock()
+        self.fences_made = False
 
     @property
     def started(self) -> bool:
@@ -553,6 +567,24 @@ class SQLStore(Store):
         )
         return [row[0] for row in await self._fetch(write=False, sql=sql, args=args)]
 
+    def _write_statement(
+        self,
+        key: str,
+        value: bytes,
+        metadata: dict[str, str],
+        expires_at: float | None,
+        if_version: int | None,
+        now: float,
+    ) -> tuple[str, tuple[Any, ...]]:
+        statements = self._shared.statements
+        encoded = orjson.dumps(metadata).decode() if metadata else None
+        args: tuple[Any, ...] = (self._database, self._table, key, value, encoded, expires_at, now)
+        if if_version is None:
+            return statements.upsert, args
+        if if_version == ABSENT:
+            return statements.insert_if_absent, args
+        return statements.update_if_version, (*args, if_version)
+
     async def _write(
         self,
         key: str,
@@ -562,16 +594,52 @@ class SQLStore(Store):
         if_version: int | None,
         now: float,
     ) -> int:
-        statements = self._shared.statements
-        encoded = orjson.dumps(metadata).decode() if metadata else None
-        args: tuple[Any, ...] = (self._database, self._table, key, value, encoded, expires_at, now)
-        if if_version is None:
-            sql = statements.upsert
-        elif if_version == ABSENT:
-            sql = statements.insert_if_absent
-        else:
-            sql, args = statements.update_if_version, (*args, if_version)
+        sql, args = self._write_statement(key, value, metadata, expires_at, if_version, now)
         rows = await self._fetch(write=True, sql=sql, args=args)
+        if not rows:
+            raise self._conflict(key, if_version or ABSENT, await self._version(key, now))
+        version: int = rows[0][0]
+        return version
+
+    async def _write_fenced(
+        self,
+        key: str,
+        value: bytes,
+        metadata: dict[str, str],
+        expires_at: float | None,
+        if_version: int | None,
+        now: float,
+        fence: Fence,
+    ) -> int:
+        shared = self._shared
+        statements = shared.statements
+        if not shared.fences_made:
+            await self._fetch(write=True, sql=statements.create_fences, args=())
+            shared.fences_made = True
+        sql, args = self._write_statement(key, value, metadata, expires_at, if_version, now)
+        pool = shared.writer
+        if pool is None:
+            raise RuntimeError(f"{self!r} is not started")
+        slot = await pool.acquire()
+        try:
+            if slot.broken:
+                await shared.reopen(slot, read_only=False)
+            await slot.fetch(statements.begin)
+            try:
+                fenced = await slot.fetch(statements.raise_fence, fence.name, fence.token)
+                rows = await slot.fetch(sql, *args) if fenced else []
+                await slot.fetch("COMMIT" if fenced and rows else "ROLLBACK")
+            except BaseException:
+                slot.broken = True  # it may be inside the transaction: reopened on its next use
+                raise
+        except shared.errors as exc:
+            slot.broken = slot.broken or shared.is_broken(slot.driver, exc)
+            raise ServiceUnavailable(f"store {self.url}: {exc}", id=STORE_ID) from exc
+        finally:
+            pool.release(slot)
+        if not fenced:
+            found = await self._fetch(write=False, sql=statements.fence, args=(fence.name,))
+            raise self._fenced_out(fence, found[0][0] if found else None)
         if not rows:
             raise self._conflict(key, if_version or ABSENT, await self._version(key, now))
         version: int = rows[0][0]
