@@ -10,6 +10,9 @@ environment and the store, in that order of precedence.
         config.value.db.pool, config.source_of("db.pool")
         async for change in config.watch("db.pool"): ...
 
+With NATS: ``sources=[*default_sources(), NATSKVSource(bucket="micro-config",
+prefix="greeter.")]`` (``asgi_micro_nats.config``), keys the dotted paths holding JSON.
+
 Secrets (``SecretStr`` fields, or names such as ``password``, ``secret``, ``token``) are
 masked wherever the config is shown or logged.
 """

@@ -242,6 +242,11 @@ class Config(Generic[M]):
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            for source in self.sources:
+                try:
+                    await source.aclose()
+                except Exception:
+                    logger.exception("closing %s failed", source.name)
             for watch in list(self._watches):
                 await watch.aclose()
 

@@ -7,8 +7,9 @@ each source returns on top of the ones before it and remembers, per value, which
 The store source keeps one record per setting: the key is ``<prefix><dotted path>``
 (``config/db.pool``) and the value is JSON (``10``, ``"hi"``, ``{"host": "db"}``). Records are
 applied in key order, so ``config/db.pool`` refines ``config/db``. The store has no watch, so
-the source polls the records' versions (every 0.25 s by default). etcd and NATS KV sources are
-not written yet.
+the source polls the records' versions (every 0.25 s by default). A NATS KV bucket is a source
+too, watched rather than polled: ``asgi_micro_nats.config.NATSKVSource``. An etcd source is not
+written yet.
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ class Source(ABC):
         """Yields whenever the source may have changed, for a source that is not a file."""
         return
         yield  # pragma: no cover - makes this an async generator that yields nothing
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook: most sources hold nothing
+        """Release what the source holds (a connection); ``Config.stop`` calls it."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
