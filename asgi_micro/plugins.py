@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .registry import Registry
     from .store import Store
 
-__all__ = ["Backend", "MissingDependency", "Parts", "Pluggable", "load_backend"]
+__all__ = ["Backend", "Lifecycle", "MissingDependency", "Parts", "Pluggable", "load_backend"]
 
 
 class MissingDependency(ImportError):
@@ -42,22 +42,14 @@ class Parts:
     store: Store | None = None
 
 
-class Pluggable(ABC):
-    """What every backend chosen by URL shares: ``from_url``, and a lifecycle that is explicit
-    and idempotent (``start``/``stop`` or ``async with``; nothing connects in ``__init__``)."""
+class Lifecycle:
+    """What has a lifecycle: ``start`` and ``stop``, both idempotent, or ``async with``."""
 
-    url: str = ""
+    async def start(self) -> None:
+        """Start; called again it does nothing."""
 
-    @classmethod
-    @abstractmethod
-    def from_url(cls, url: str, *, parts: Parts | None = None) -> Self:
-        """The backend ``url`` names; ``parts`` are the service's parts built before it."""
-
-    async def start(self) -> None:  # noqa: B027 - optional hook, backends with no connection skip it
-        """Connect; called again it does nothing."""
-
-    async def stop(self) -> None:  # noqa: B027
-        """Close; called again it does nothing."""
+    async def stop(self) -> None:
+        """Stop; called again it does nothing."""
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -70,6 +62,18 @@ class Pluggable(ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+class Pluggable(Lifecycle, ABC):
+    """What every backend chosen by URL shares: ``from_url``, and a lifecycle that is explicit
+    and idempotent (``start``/``stop`` or ``async with``; nothing connects in ``__init__``)."""
+
+    url: str = ""
+
+    @classmethod
+    @abstractmethod
+    def from_url(cls, url: str, *, parts: Parts | None = None) -> Self:
+        """The backend ``url`` names; ``parts`` are the service's parts built before it."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"

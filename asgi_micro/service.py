@@ -23,8 +23,7 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import httpx
 from pydantic import BaseModel
@@ -49,7 +48,7 @@ from .messages import message_type
 from .middleware import MicroMiddleware
 from .openapi import use_served_openapi
 from .pipeline import Pipeline, Stats, Wrapper
-from .plugins import Parts
+from .plugins import Lifecycle, Parts
 from .registrar import Registrar
 from .registry import Endpoint, Node, Registry
 from .registry import Service as ServiceRecord
@@ -81,7 +80,7 @@ class Part(Protocol):
     async def stop(self) -> None: ...
 
 
-class Service:
+class Service(Lifecycle):
     def __init__(
         self,
         name: str,
@@ -370,18 +369,6 @@ class Service:
         if self.pipeline.wrappers:
             wrap_plain_routes(self.app)
         self.pipeline.frozen = True
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Any) -> AsyncIterator[dict[str, Any]]:

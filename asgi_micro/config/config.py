@@ -16,12 +16,12 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final, Generic, Self, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from watchfiles import awatch
 
+from ..plugins import Lifecycle
 from .paths import check_path, flatten, is_secret, lookup, mask, merge, value_at
 from .sources import DEFAULTS, ConfigError, Source, default_sources
 
@@ -109,7 +109,7 @@ class Watch(Generic[M]):
         await self.aclose()
 
 
-class Config(Generic[M]):
+class Config(Lifecycle, Generic[M]):
     """The settings ``model`` validated from ``sources`` (``default_sources()`` when not given:
     ``.env`` and ``MICRO_CONFIG_*`` variables), reloaded while started when a source's file
     changes (``watchfiles``) or a source reports a change (the store source polls).
@@ -263,18 +263,6 @@ class Config(Generic[M]):
             if old is not None:
                 self._announce(old, snapshot)
             return True
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     def __repr__(self) -> str:
         names = ", ".join(source.name for source in self.sources)
