@@ -42,7 +42,7 @@ from .context import Context
 from .errors import ServiceUnavailable
 from .plugins import Pluggable
 from .rpc import micro_dependency
-from .store.sql import DRIVERS, _speak_cockroachdb
+from .store.sql import DRIVERS, speak_cockroachdb
 
 if TYPE_CHECKING:
     from .pipeline import Host
@@ -132,7 +132,7 @@ class Database(Pluggable):
         if parsed.drivername.startswith("sqlite"):
             _tune_sqlite(engine, busy_timeout=busy_timeout)
         if make_url(url).drivername == "cockroachdb":
-            _speak_cockroachdb(engine)
+            speak_cockroachdb(engine)
         database = cls(
             engine, metadata=metadata, create_tables=create_tables, migrate=migrate, schema=schema
         )

@@ -28,7 +28,6 @@ or what validates into one (a dict), encoded as a ``User``; anything else raises
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -43,6 +42,7 @@ from .broker.base import (
     deadline_header,
     deadline_of,
     headers_of,
+    new_event_id,
 )
 from .client.calls import ClientCall
 from .codec import JSON, codec_for_content_type
@@ -294,7 +294,7 @@ class Publisher:
             headers.update(deadline_header(context.deadline))
             event_id = None
             if guard.on:  # a token for this event alone, not the service's token for calls
-                event_id = os.urandom(16).hex()
+                event_id = new_event_id()
                 token = guard.event_identity(call.endpoint, event_id, body)
                 if token is not None:
                     headers["authorization"] = token

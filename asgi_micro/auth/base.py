@@ -59,6 +59,22 @@ class Account:
     def has_scopes(self, scopes: Iterable[str]) -> bool:
         return set(scopes) <= set(self.scopes)
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Account:
+        """The account ``public()`` (or a stored record) describes; ``ValueError`` for an
+        unknown type."""
+        kind = data.get("type", "user")
+        if kind not in ACCOUNT_TYPES:
+            raise ValueError(f"unknown account type {str(kind)[:16]!r}")
+        return cls(
+            id=str(data["id"]),
+            type=kind,
+            scopes=tuple(str(scope) for scope in data.get("scopes") or ()),
+            metadata={str(k): str(v) for k, v in (data.get("metadata") or {}).items()},
+            issuer=str(data.get("issuer", "")),
+            created=float(data.get("created", 0.0)),
+        )
+
     def public(self) -> dict[str, Any]:
         """What may be shown of the account: everything but a secret."""
         return {
@@ -97,16 +113,18 @@ class Tokens:
 
 def claims_account(claims: Mapping[str, Any]) -> Account:
     """The account a verified token's claims describe."""
-    kind = claims.get("type", "user")
-    if kind not in ACCOUNT_TYPES:
-        raise Unauthorized(f"token rejected: unknown account type {str(kind)[:16]!r}", id=AUTH_ID)
-    return Account(
-        id=str(claims["sub"]),
-        type=kind,
-        scopes=tuple(str(scope) for scope in claims.get("scopes") or ()),
-        metadata={str(k): str(v) for k, v in (claims.get("metadata") or {}).items()},
-        issuer=str(claims.get("iss", "")),
-    )
+    try:
+        return Account.from_dict(
+            {
+                "id": claims["sub"],
+                "type": claims.get("type", "user"),
+                "scopes": claims.get("scopes"),
+                "metadata": claims.get("metadata"),
+                "issuer": claims.get("iss", ""),
+            }
+        )
+    except ValueError as exc:
+        raise Unauthorized(f"token rejected: {exc}", id=AUTH_ID) from None
 
 
 def body_digest(body: bytes) -> str:

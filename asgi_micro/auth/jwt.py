@@ -22,7 +22,6 @@ live in the store's ``auth`` table, on SQLite or PostgreSQL alike.
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import os
 import secrets
@@ -33,7 +32,7 @@ from typing import Any, Final, Self
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
-from joserfc import jwt
+from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwt import JWTClaimsRegistry
 from pwdlib import PasswordHash
@@ -203,11 +202,11 @@ class JWTAuth(Auth):
 
     async def account(self, id: str) -> Account | None:
         data = await self._get(f"accounts/{check_account_id(id)}")
-        return _account(data) if data is not None else None
+        return Account.from_dict(data) if data is not None else None
 
     async def accounts(self) -> list[Account]:
         records = await self.table.read("accounts/", prefix=True)
-        return [_account(orjson.loads(record.value)) for record in records]
+        return [Account.from_dict(orjson.loads(record.value)) for record in records]
 
     async def delete(self, id: str) -> bool:
         return await self.table.delete(f"accounts/{check_account_id(id)}")
@@ -244,7 +243,7 @@ class JWTAuth(Auth):
         valid = await asyncio.to_thread(_HASHER.verify, secret, hashed)
         if data is None or not valid:
             raise Unauthorized("wrong account id or secret", id=AUTH_ID)
-        return _account(data)
+        return Account.from_dict(data)
 
     async def _refreshed(self, refresh_token: str) -> Account:
         claims = self.verify_claims(refresh_token, use="refresh")
@@ -330,7 +329,7 @@ class JWTAuth(Auth):
             raise Unauthorized(f"token over {MAX_TOKEN_SIZE} bytes", id=AUTH_ID)
         self._load_keys()
         try:
-            header = _header(token)
+            header = jws.extract_compact(token.encode()).protected
             kid = header.get("kid")
             key = self.keys.find(kid)
             if key is None and self.keys.reload():
@@ -395,26 +394,3 @@ class JWTAuth(Auth):
 
     def __repr__(self) -> str:
         return f"JWTAuth(issuer={self.issuer!r}, keys={self.keys!r})"
-
-
-def _header(token: str) -> dict[str, Any]:
-    head = token.split(".", 1)[0]
-    padded = head + "=" * (-len(head) % 4)
-    header = orjson.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-    if not isinstance(header, dict):
-        raise ValueError("a JWT header is an object")
-    return header
-
-
-def _account(data: Mapping[str, Any]) -> Account:
-    kind = data.get("type", "user")
-    if kind not in ACCOUNT_TYPES:
-        raise ValueError(f"unknown account type {kind!r}")
-    return Account(
-        id=str(data["id"]),
-        type=kind,
-        scopes=tuple(str(scope) for scope in data.get("scopes") or ()),
-        metadata={str(k): str(v) for k, v in (data.get("metadata") or {}).items()},
-        issuer=str(data.get("issuer", "")),
-        created=float(data.get("created", 0.0)),
-    )

@@ -54,6 +54,7 @@ __all__ = [
     "Redelivery",
     "Subscription",
     "envelope",
+    "new_event_id",
 ]
 
 logger = logging.getLogger(__name__)
@@ -103,6 +104,11 @@ class Event:
 _RESERVED = frozenset({"micro-deadline", ERROR_HEADER, DELIVERIES_HEADER})
 
 
+def new_event_id() -> str:
+    """A fresh event id (``ce-id``): 128 random bits in hex."""
+    return os.urandom(16).hex()
+
+
 def envelope(
     topic: str,
     content_type: str,
@@ -114,7 +120,7 @@ def envelope(
     """The headers of a new event: its CloudEvents attributes, then ``headers`` (metadata,
     trace, deadline) under their own names."""
     out = {
-        "ce-id": event_id or os.urandom(16).hex(),
+        "ce-id": event_id or new_event_id(),
         "ce-source": source,
         "ce-type": topic,
         "ce-specversion": SPEC_VERSION,

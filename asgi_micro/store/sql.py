@@ -39,7 +39,7 @@ from .base import ABSENT, DEFAULT_DATABASE, DEFAULT_TABLE, MAX_VALUE_SIZE, Fence
 if TYPE_CHECKING:
     from ..plugins import Parts
 
-__all__ = ["DRIVERS", "SQLStore", "Statements"]
+__all__ = ["DRIVERS", "SQLStore", "Statements", "speak_cockroachdb"]
 
 logger = logging.getLogger(__name__)
 
@@ -414,7 +414,7 @@ class SQLStore(Store):
         pool_options = {} if in_memory else {"pool_size": pool_size, "max_overflow": 0}
         engine = create_async_engine(parsed.set(drivername=driver), **pool_options)
         if parsed.drivername == "cockroachdb":
-            _speak_cockroachdb(engine)
+            speak_cockroachdb(engine)
         store = cls(
             engine,
             database=database,
@@ -687,7 +687,7 @@ class SQLStore(Store):
                     logger.debug("swept %d expired records from %r", swept, self)
 
 
-def _speak_cockroachdb(engine: AsyncEngine) -> None:
+def speak_cockroachdb(engine: AsyncEngine) -> None:
     """Let SQLAlchemy's PostgreSQL dialect connect to CockroachDB.
 
     The dialect reads the server version from ``version()``, which CockroachDB answers with its
