@@ -13,7 +13,14 @@ to ``Store.write`` and the store refuses a write whose token is below one alread
 stops a paused holder whose successor has written since. ``sync.leader(name)`` is a lock whose
 holder is the leader; its lease is the leader's term.
 
-A backend implements ``_acquire``, ``_renew`` and ``_release``, each one atomic step.
+Waiting is fair: a waiter that finds the lock held claims to be next, and the claim goes to
+whoever has waited longest. While a live claim stands, only its claimant may take the freed
+lock, so a holder that releases and asks again at once cannot starve the others; the claimant
+polls every few milliseconds, and a claim lapses ``CLAIM`` seconds after its claimant last
+asked, so a waiter that died or gave up holds a free lock back for at most that long.
+
+A backend implements ``_acquire``, ``_claim``, ``_renew`` and ``_release``, each one atomic
+step.
 """
 
 from __future__ import annotations
@@ -41,6 +48,9 @@ SYNC_ID: Final = "asgi_micro.sync"
 MAX_NAME_SIZE: Final = 512
 LEADER_PREFIX: Final = "leader:"
 _POLL_FIRST, _POLL_MAX = 0.005, 0.1
+_POLL_CLAIMANT = 0.01
+CLAIM: Final = 0.5
+"""Seconds a waiter's claim to be next outlives its last attempt."""
 
 
 class LockTimeout(Conflict):
@@ -152,6 +162,7 @@ class Sync(Pluggable):
             raise RuntimeError(f"{self!r} is not started")
         owner = uuid.uuid4().hex
         deadline = None if wait is None else time.monotonic() + wait
+        since = time.time()  # wall clock: waiters in other processes compare it
         pause = _POLL_FIRST
         while True:
             sent = time.monotonic()
@@ -161,11 +172,12 @@ class Sync(Pluggable):
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 raise LockTimeout(f"lock {name!r} not acquired within {wait}s", id=SYNC_ID)
-            delay = pause * random.uniform(0.5, 1.0)  # jitter: waiters do not poll in step
-            if deadline is not None:
+            next_in_line = await self._claim(name, owner, since, CLAIM)
+            pause = min(pause * 2, _POLL_MAX, ttl / 4)
+            delay = (_POLL_CLAIMANT if next_in_line else pause) * random.uniform(0.5, 1.0)
+            if deadline is not None:  # jitter above: waiters do not poll in step
                 delay = min(delay, deadline - now)
             await asyncio.sleep(delay)
-            pause = min(pause * 2, _POLL_MAX, ttl / 4)
         lease = Lease(name, owner=owner, token=token, ttl=ttl, valid_until=sent + ttl)
         self._leases.add(lease)
         self._schedule(lease)
@@ -234,8 +246,14 @@ class Sync(Pluggable):
 
     @abstractmethod
     async def _acquire(self, name: str, owner: str, ttl: float) -> int | None:
-        """If ``name`` is free or expired, make ``owner`` its holder for ``ttl`` seconds and
-        return the next token of ``name``; ``None`` if it is held."""
+        """If ``name`` is free or expired and no other waiter's live claim stands, make
+        ``owner`` its holder for ``ttl`` seconds, drop the claim and return the next token of
+        ``name``; ``None`` if it is held or claimed."""
+
+    @abstractmethod
+    async def _claim(self, name: str, owner: str, since: float, claim: float) -> bool:
+        """Claim to take ``name`` next, for ``claim`` seconds, unless a live claim of a waiter
+        whose ``since`` is earlier stands; whether ``owner`` is now next in line."""
 
     @abstractmethod
     async def _renew(self, name: str, owner: str, token: int, ttl: float) -> bool:

@@ -24,6 +24,7 @@ class MemorySync(Sync):
         self.url = "memory://"
         self._holders: dict[str, tuple[str, int, float]] = {}  # name -> owner, token, expiry
         self._tokens: dict[str, int] = {}
+        self._claims: dict[str, tuple[str, float, float]] = {}  # name -> owner, since, expiry
 
     @classmethod
     def from_url(cls, url: str, *, parts: Parts | None = None) -> MemorySync:
@@ -34,9 +35,21 @@ class MemorySync(Sync):
         holder = self._holders.get(name)
         if holder is not None and holder[2] > now:
             return None
+        claim = self._claims.get(name)
+        if claim is not None and claim[0] != owner and claim[2] > now:
+            return None
+        self._claims.pop(name, None)
         token = self._tokens[name] = self._tokens.get(name, 0) + 1
         self._holders[name] = (owner, token, now + ttl)
         return token
+
+    async def _claim(self, name: str, owner: str, since: float, claim: float) -> bool:
+        now = time.monotonic()
+        current = self._claims.get(name)
+        if current is None or current[0] == owner or current[2] <= now or current[1] > since:
+            self._claims[name] = (owner, since, now + claim)
+            return True
+        return False
 
     async def _renew(self, name: str, owner: str, token: int, ttl: float) -> bool:
         now = time.monotonic()

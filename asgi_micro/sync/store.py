@@ -1,9 +1,12 @@
 """Locks in the SQL store's database: ``sqlite:///path.db``, ``postgresql://...``, ``store://``.
 
 Leases live in ``<sql_table>_lock`` beside the store's table: one row per lock name (``owner``,
-``token``, ``expires_at``), kept after release so that its token is a durable counter. Each
-step is one statement: acquiring is an upsert that takes the row only when it has expired and
-adds one to its token; renewing and releasing match the owner and the token. PostgreSQL
+``token``, ``expires_at``, and the waiter next in line: ``waiter``, ``waiter_since``,
+``waiter_until``), kept after release so that its token is a durable counter. Each step is
+one statement: acquiring is an upsert that takes the row only when it has expired and no
+other waiter's claim stands, and adds one to its token; claiming updates the waiter columns
+unless a longer waiter's live claim stands; renewing and releasing match the owner and the
+token. PostgreSQL
 judges expiry by its own clock (``clock_timestamp()``); SQLite, which has no server, by the
 clock of the process asking, which is the clock of the machine that holds the file.
 
@@ -43,13 +46,20 @@ class LockStatements:
 
         self.create = (
             f"CREATE TABLE IF NOT EXISTS {table} (name TEXT PRIMARY KEY, owner TEXT, "
-            "token BIGINT NOT NULL, expires_at DOUBLE PRECISION NOT NULL)"
+            "token BIGINT NOT NULL, expires_at DOUBLE PRECISION NOT NULL, waiter TEXT, "
+            "waiter_since DOUBLE PRECISION, waiter_until DOUBLE PRECISION)"
         )
         self.acquire = sql(
             f"INSERT INTO {table} (name, owner, token, expires_at) VALUES ($1, $2, 1, "
             f"{now(4)} + $3) ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, "
-            f"token = {table}.token + 1, expires_at = excluded.expires_at "
-            f"WHERE {table}.expires_at <= {now(4)} RETURNING token"
+            f"token = {table}.token + 1, expires_at = excluded.expires_at, waiter = NULL "
+            f"WHERE {table}.expires_at <= {now(4)} AND ({table}.waiter IS NULL "
+            f"OR {table}.waiter = $2 OR {table}.waiter_until <= {now(4)}) RETURNING token"
+        )
+        self.claim = sql(
+            f"UPDATE {table} SET waiter = $2, waiter_since = $3, waiter_until = {now(5)} + $4 "
+            f"WHERE name = $1 AND (waiter IS NULL OR waiter = $2 OR waiter_until <= {now(5)} "
+            "OR waiter_since > $3) RETURNING token"
         )
         self.renew = sql(
             f"UPDATE {table} SET expires_at = {now(5)} + $4 WHERE name = $1 AND owner = $2 "
@@ -109,6 +119,12 @@ class StoreSync(Sync):
         statements = self.statements
         rows = await self._fetch(statements.acquire, *statements.args(name, owner, float(ttl)))
         return int(rows[0][0]) if rows else None
+
+    async def _claim(self, name: str, owner: str, since: float, claim: float) -> bool:
+        statements = self.statements
+        return bool(
+            await self._fetch(statements.claim, *statements.args(name, owner, since, claim))
+        )
 
     async def _renew(self, name: str, owner: str, token: int, ttl: float) -> bool:
         statements = self.statements

@@ -6,7 +6,9 @@ A lease is the key ``<prefix>:<name>`` holding ``<owner>:<token>``, set with ``P
 expires by Redis's clock; ``<prefix>:<name>:token`` counts acquisitions (``INCR``) and is never
 expired, so tokens keep growing as long as Redis keeps its data. Acquiring, renewing and
 releasing are Lua scripts (Redis runs each atomically): acquiring takes the next token only
-when the key is free, so no holder can get a token below an earlier holder's; renewing and
+when the key is free and no other waiter's claim ``<prefix>:<name>:next`` (a hash of owner and
+since, expiring by ``PX``) stands, so no holder can get a token below an earlier holder's and
+the longest waiter goes next; renewing and
 releasing act only while the key still holds this owner and token. Other query options go to
 redis-py, as for the Redis broker.
 """
@@ -28,15 +30,29 @@ from .broker import _redacted, _retry
 if TYPE_CHECKING:
     from asgi_micro.plugins import Parts
 
-__all__ = ["ACQUIRE", "RELEASE", "RENEW", "RedisSync"]
+__all__ = ["ACQUIRE", "CLAIM", "RELEASE", "RENEW", "RedisSync"]
 
 ACQUIRE: Final = """
--- KEYS[1] lease, KEYS[2] token counter; ARGV[1] owner, ARGV[2] ttl in ms.
--- Returns the new token, or false while someone holds the lease.
+-- KEYS[1] lease, KEYS[2] token counter, KEYS[3] claim; ARGV[1] owner, ARGV[2] ttl in ms.
+-- Returns the new token, or false while someone holds the lease or another waiter is next.
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local claimant = redis.call('HGET', KEYS[3], 'owner')
+if claimant and claimant ~= ARGV[1] then return false end
 local token = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. token, 'PX', ARGV[2])
+redis.call('DEL', KEYS[3])
 return token
+"""
+
+CLAIM: Final = """
+-- KEYS[1] claim; ARGV[1] owner, ARGV[2] since, ARGV[3] claim in ms. 1 if next in line.
+local current = redis.call('HMGET', KEYS[1], 'owner', 'since')
+if current[1] and current[1] ~= ARGV[1] and tonumber(current[2]) <= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'since', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
 """
 
 RENEW: Final = """
@@ -67,6 +83,7 @@ class RedisSync(Sync):
         self.prefix = prefix
         self._owns_client = False
         self._acquire_script = redis.register_script(ACQUIRE)
+        self._claim_script = redis.register_script(CLAIM)
         self._renew_script = redis.register_script(RENEW)
         self._release_script = redis.register_script(RELEASE)
 
@@ -99,8 +116,16 @@ class RedisSync(Sync):
 
     async def _acquire(self, name: str, owner: str, ttl: float) -> int | None:
         key = self.key(name)
-        token = await self._acquire_script(keys=[key, f"{key}:token"], args=[owner, _ms(ttl)])
+        token = await self._acquire_script(
+            keys=[key, f"{key}:token", f"{key}:next"], args=[owner, _ms(ttl)]
+        )
         return None if token is None else int(token)
+
+    async def _claim(self, name: str, owner: str, since: float, claim: float) -> bool:
+        claimed = await self._claim_script(
+            keys=[f"{self.key(name)}:next"], args=[owner, repr(since), _ms(claim)]
+        )
+        return bool(claimed)
 
     async def _renew(self, name: str, owner: str, token: int, ttl: float) -> bool:
         renewed = await self._renew_script(

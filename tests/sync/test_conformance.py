@@ -10,7 +10,8 @@ import uuid
 import pytest
 
 from asgi_micro.errors import Conflict
-from asgi_micro.sync import Lease, LeaseLost, LockTimeout
+from asgi_micro.sync import Lease, LeaseLost, LockTimeout, Sync
+from asgi_micro.sync.base import CLAIM
 from tests.helpers import until
 from tests.sync.conftest import Harness
 
@@ -51,6 +52,60 @@ async def test_wait_times_out_with_lock_timeout(harness: Harness) -> None:
         assert caught.value.code == 409
         with pytest.raises(LockTimeout):
             await peer.acquire(name, wait=0)
+
+
+async def test_a_holder_that_asks_again_at_once_does_not_starve_a_waiter(harness: Harness) -> None:
+    name, stop, rounds = unique(), asyncio.Event(), [0]
+
+    async def hammer(sync: Sync) -> None:  # releases and asks again without a pause
+        while not stop.is_set():
+            async with sync.lock(name, ttl=5, wait=10):
+                rounds[0] += 1
+                await asyncio.sleep(0.002)
+
+    async with harness.peer() as peer:
+        hammering = asyncio.create_task(hammer(harness.sync))
+        try:
+            await until(lambda: rounds[0] >= 3, "the hammer to take the lock", 10)
+            started = time.monotonic()
+            async with peer.lock(name, ttl=5, wait=5):
+                waited = time.monotonic() - started
+                assert not hammering.done()
+        finally:
+            stop.set()
+            await asyncio.wait_for(hammering, timeout=10)
+    assert waited < 2.0, f"the waiter waited {waited:.2f}s"
+
+
+async def test_the_longest_waiter_goes_next(harness: Harness) -> None:
+    name, order = unique(), []
+
+    async def waiter(sync: Sync, who: str) -> None:
+        async with sync.lock(name, ttl=5, wait=10):
+            order.append(who)
+            await asyncio.sleep(0.01)
+
+    async with harness.peer() as peer:
+        holder = await harness.sync.acquire(name, ttl=5)
+        first = asyncio.create_task(waiter(peer, "first"))
+        await asyncio.sleep(0.3)  # the first has asked and claimed
+        second = asyncio.create_task(waiter(harness.sync, "second"))
+        await asyncio.sleep(0.3)
+        await harness.sync.release(holder)
+        await asyncio.wait_for(asyncio.gather(first, second), timeout=10)
+    assert order == ["first", "second"]
+
+
+async def test_the_claim_of_a_waiter_that_gave_up_lapses(harness: Harness) -> None:
+    name = unique()
+    async with harness.peer() as peer:
+        holder = await harness.sync.acquire(name, ttl=5)
+        with pytest.raises(LockTimeout):
+            await peer.acquire(name, wait=0.1)  # it claimed to be next, then gave up
+        await harness.sync.release(holder)
+        started = time.monotonic()
+        async with harness.sync.lock(name, ttl=5, wait=5):
+            assert time.monotonic() - started < CLAIM + 1.0
 
 
 async def test_tokens_grow_per_name_across_holders(harness: Harness) -> None:
