@@ -1,4 +1,4 @@
-"""Helpers shared by the tests."""
+"""Helpers shared by the tests; ``eventually``, ``until`` and ``free_port`` are the kit's."""
 
 from __future__ import annotations
 
@@ -8,17 +8,17 @@ import os
 import secrets
 import signal
 import socket
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import uvicorn
 
 from asgi_micro.registry.mdns import MDNSRegistry
-
-T = TypeVar("T")
+from asgi_micro.testing import eventually as eventually
+from asgi_micro.testing import free_port as free_port
+from asgi_micro.testing import until as until
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -42,13 +42,6 @@ def mdns(**options: Any) -> MDNSRegistry:
     return MDNSRegistry(domain=mdns_domain(), **options)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def require_server(name: str, host: str, port: int) -> None:
     """Skip when a server the test needs is down; under ``CI=true`` that is a failure."""
     try:
@@ -59,33 +52,6 @@ def require_server(name: str, host: str, port: int) -> None:
     if IN_CI:
         pytest.fail(f"{message}; .ci/run must start it", pytrace=False)
     pytest.skip(message)
-
-
-async def eventually(
-    check: Callable[[], Awaitable[T]],
-    *,
-    timeout: float = 5.0,
-    interval: float = 0.05,
-    message: str = "condition not met",
-) -> T:
-    """Poll ``check`` until it returns a truthy value; for state that converges over a network."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{message} within {timeout}s (last: {result!r})")
-        await asyncio.sleep(interval)
-
-
-async def until(check: Callable[[], object], what: str, timeout: float = 30.0) -> None:
-    """Wait until ``check()`` is true; for state a test's own tasks change (events handled...)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def stop_children(children: Sequence[asyncio.subprocess.Process]) -> None:

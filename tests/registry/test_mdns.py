@@ -1,6 +1,6 @@
 """The mDNS registry on loopback: across processes, TTLs, fetching what TXT cannot hold, options.
 
-The shared behaviour runs in ``test_conformance.py`` (the ``mdns`` entry of ``BACKENDS``).
+The shared behaviour runs in ``test_conformance.py`` (``TestMDNS``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from asgi_micro.registry.mdns import (
     _interfaces_for,
 )
 from tests.helpers import eventually, free_port, mdns_domain, new_mdns_domain, serve
-from tests.registry.test_conformance import make_service, node_ids, unique
+from asgi_micro.testing.registry import make_service, node_ids, unique
 
 ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = ["127.0.0.1"]
