@@ -10,9 +10,11 @@ records in memory unless a test chooses a store.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
+from tests.etcd import etcd_server
 from tests.helpers import new_mdns_domain
 
 os.environ.pop("MICRO_REGISTRY", None)
@@ -25,3 +27,10 @@ def own_mdns_domain(monkeypatch: pytest.MonkeyPatch) -> str:
     domain = new_mdns_domain()
     monkeypatch.setenv("MICRO_REGISTRY", f"mdns://?domain={domain}")
     return domain
+
+
+@pytest.fixture(scope="session")
+def etcd_url() -> Iterator[str]:
+    """One etcd for the session (``tests/etcd.py``); tests keep to key prefixes of their own."""
+    with etcd_server() as url:
+        yield url
