@@ -1,6 +1,7 @@
-"""The ``harness`` fixture runs each conformance test once per store backend.
+"""Store harnesses: ``tests/store/test_conformance.py`` runs the kit's suite through each, and
+the ``harness`` fixture gives other tests (auth, config, compare-and-set) one per backend.
 
-A backend joins the suite with a ``Harness``: ``open(**options)`` yields a fresh, started store
+A ``Harness``: ``open(**options)`` yields a fresh, started store
 built with those constructor options, and ``held_keys(store)`` tells which keys the backend
 still holds in the store's namespace, expired or not, so tests can see the sweeper work.
 PostgreSQL runs on 127.0.0.1:5432 (database ``test``); each store gets a table of its own that
@@ -55,8 +56,7 @@ class MemoryHarness(Harness):
 
 
 class SQLiteHarness(Harness):
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
+    directory: Path  # where its database files go: set before ``open``
 
     @contextlib.asynccontextmanager
     async def open(self, **options: Any) -> AsyncIterator[Store]:
@@ -114,7 +114,9 @@ def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Harness:
     if request.param == "memory":
         return MemoryHarness()
     if request.param == "sqlite":
-        return SQLiteHarness(tmp_path)
+        sqlite = SQLiteHarness()
+        sqlite.directory = tmp_path
+        return sqlite
     require_server("PostgreSQL", "127.0.0.1", 5432)
     return PostgresHarness()
 
