@@ -215,3 +215,31 @@ async def test_run_an_app_that_does_not_import() -> None:
     ):
         assert result.returncode != 0, result
         assert message in result.stderr, result
+
+
+# -- polish a new user sees -------------------------------------------------------------------
+
+
+def test_version() -> None:
+    from asgi_micro.__about__ import __version__
+
+    assert invoke("--version") == (0, f"asgi-micro {__version__}\n", "")
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("nope.module:app", "asgi-micro run: no module named 'nope.module'\n"),
+        ("missing.py", "asgi-micro run: no such file: missing.py\n"),
+    ],
+)
+def test_run_refuses_an_app_that_is_not_there_in_one_line(target: str, message: str) -> None:
+    assert invoke("run", target) == (2, "", message)
+
+
+def test_a_stream_of_requests_must_be_json_lines_on_stdin() -> None:
+    result = runner.invoke(
+        app, ["call", "greeter", "Greeter.Chat", "-", "--registry", "memory://"], input="{\n"
+    )
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert "stdin is not valid JSON" in result.stderr

@@ -23,7 +23,6 @@ from tests.processes import FRONTEND, GREETER, CommandResult, Server, asgi_micro
 pytestmark = pytest.mark.slow
 
 ERROR_KEYS = {"id", "code", "detail", "status"}
-WIDE = {"COLUMNS": "250"}  # a terminal where no table cell wraps
 
 
 @pytest.fixture
@@ -97,7 +96,7 @@ async def test_greeter_quick_start(http: httpx.AsyncClient) -> None:
         ) = await asyncio.gather(
             asgi_micro("services"),
             asgi_micro("services", "--json"),
-            asgi_micro("describe", "greeter", env=WIDE),
+            asgi_micro("describe", "greeter"),  # whole, though a pipe is 80 columns
             asgi_micro("call", "greeter", "Greeter.Hello", '{"name":"Ada"}'),
             asgi_micro(
                 "call", "greeter", "Greeter.Hello", '{"name":"Ada"}', "-m", "greeting=Hi", *direct
@@ -114,7 +113,12 @@ async def test_greeter_quick_start(http: httpx.AsyncClient) -> None:
                 "grpc",
             ),
             asgi_micro("call", "greeter", "Greeter.Hello", '{"name":""}', "--transport", "grpc"),
-            asgi_micro("health", "greeter", env=WIDE),
+            asgi_micro("health", "greeter"),
+        )
+        call_stream, call_bidi, call_unknown = await asyncio.gather(
+            asgi_micro("call", "greeter", "Greeter.Greetings", '{"name":"Ada","count":2}'),
+            asgi_micro("call", "greeter", "Greeter.Chat", '[{"name":"Ada"},{"name":"Bob"}]'),
+            asgi_micro("call", "greeter", "Greeter.Nope", "{}"),
         )
 
     assert services.returncode == 0, services
@@ -151,6 +155,23 @@ async def test_greeter_quick_start(http: httpx.AsyncClient) -> None:
     assert call_grpc.json() == {"message": "Hi Ada"}
     assert call_grpc_error.returncode == 1, call_grpc_error
     assert orjson.loads(call_grpc_error.stderr) == error
+
+    # A stream prints one reply per line, as it comes; a bidirectional one goes over gRPC.
+    assert call_stream.returncode == 0, call_stream
+    assert [orjson.loads(line) for line in call_stream.stdout.splitlines()] == [
+        {"message": "Hello Ada (1)"},
+        {"message": "Hello Ada (2)"},
+    ]
+    assert call_bidi.returncode == 0, call_bidi
+    assert [orjson.loads(line) for line in call_bidi.stdout.splitlines()] == [
+        {"message": "Hello Ada"},
+        {"message": "Hello Bob"},
+    ]
+    assert call_unknown.returncode == 2, call_unknown
+    assert call_unknown.stderr.strip() == (
+        "greeter has no endpoint 'Greeter.Nope'; it has: GET /, Greeter.Chat, "
+        "Greeter.Greetings, Greeter.Hello"
+    )
 
     assert health.returncode == 0, health
     [health_row] = [row for row in _table_rows(health.stdout) if greeter.address in row]

@@ -4,6 +4,7 @@ the service that serves it."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import typer
 
 from ..service import Service
 
-__all__ = ["import_app", "locate_app", "service_of"]
+__all__ = ["check_importable", "import_app", "locate_app", "service_of"]
 
 
 def locate_app(target: str) -> tuple[str, str]:
@@ -41,6 +42,22 @@ def locate_app(target: str) -> tuple[str, str]:
     if not attr:
         raise typer.BadParameter("expected module:attr or a path to a .py file", param_hint="APP")
     return target, "."
+
+
+def check_importable(import_string: str, app_dir: str) -> None:
+    """Refuse, in one line, a module that is not there (``nope.module:app``), before a server
+    starts and says it in a traceback; a module that is there but fails to import is the
+    server's to report, with the traceback that finds the bug."""
+    module_name = import_string.partition(":")[0]
+    sys.path.insert(0, app_dir)
+    try:
+        found = importlib.util.find_spec(module_name) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        found = False
+    finally:
+        sys.path.remove(app_dir)
+    if not found:
+        raise typer.BadParameter(f"no module named {module_name!r}", param_hint="APP")
 
 
 def import_app(target: str) -> Any:

@@ -36,7 +36,7 @@ from ..plugins import MissingDependency, Parts
 from ..store import DEFAULT_URL as DEFAULT_STORE
 from ..store import Store
 from ..store import from_url as store_from_url
-from .common import JsonOption, MetadataOption, console, errors, pairs, print_json
+from .common import JsonOption, MetadataOption, console, errors, pairs, print_json, print_table
 from .store import StoreOption
 
 if TYPE_CHECKING:
@@ -447,7 +447,7 @@ def _listing(
     table = Table(*columns)
     for cells in rows:
         table.add_row(*(Text(cell) for cell in cells))
-    console.print(table)
+    print_table(table)
 
 
 def _compact(mapping: dict[str, str]) -> str:

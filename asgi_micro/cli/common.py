@@ -8,6 +8,8 @@ from typing import Annotated, Any
 import orjson
 import typer
 from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
 
 from ..registry import DEFAULT_URL
 
@@ -20,6 +22,7 @@ __all__ = [
     "errors",
     "pairs",
     "print_json",
+    "print_table",
 ]
 
 # What these print is data (names, metadata, schemas such as "map[string]string"): never markup,
@@ -54,3 +57,21 @@ def pairs(items: list[str]) -> dict[str, str]:
 
 def print_json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def print_table(table: Table) -> None:
+    """Print ``table`` whole: wider than the terminal (or than 80 columns in a pipe) if it
+    needs to be, since cut cells lose what people copy out of them (node ids, addresses)."""
+    needed = Measurement.get(console, console.options.update_width(1 << 16), table).maximum
+    if needed <= console.width:
+        console.print(table)
+        return
+    wide = Console(
+        file=console.file,
+        width=needed,
+        markup=False,
+        soft_wrap=True,
+        force_terminal=console.is_terminal,
+        color_system=console.color_system,  # type: ignore[arg-type]
+    )
+    wide.print(table)

@@ -44,7 +44,7 @@ from ..config.paths import mask, nest, value_at
 from ..errors import MicroError
 from ..plugins import MissingDependency
 from ..store import DEFAULT_DATABASE, DEFAULT_TABLE, DEFAULT_URL, Store, from_url
-from .common import JsonOption, console, errors, print_json
+from .common import JsonOption, console, errors, print_json, print_table
 from .store import DatabaseOption, StoreOption, TableOption
 
 __all__ = ["app", "get", "set_value", "show"]
@@ -111,7 +111,7 @@ def show(
     rows = Table("setting", "value", "source")
     for s in settings:
         rows.add_row(Text(s.path), Text(_text(s.path, s.value)), Text(s.source))
-    console.print(rows)
+    print_table(rows)
 
 
 @app.command()

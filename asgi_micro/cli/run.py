@@ -21,7 +21,8 @@ from ..limits import (
     DEFAULT_MAX_HEADER_SIZE,
     DEFAULT_MAX_MESSAGE_SIZE,
 )
-from .apps import locate_app
+from .apps import check_importable, locate_app
+from .common import errors
 
 __all__ = ["log_config", "run"]
 
@@ -87,7 +88,12 @@ def run(
     where."""
     import uvicorn
 
-    import_string, app_dir = locate_app(target)
+    try:
+        import_string, app_dir = locate_app(target)
+        check_importable(import_string, app_dir)
+    except typer.BadParameter as exc:  # one line, not a usage box: the APP is all that is wrong
+        errors.print(f"asgi-micro run: {exc.message}")
+        raise typer.Exit(2) from None
     if port:
         # Tell the service what it serves on, so it registers before the first request.
         os.environ.setdefault("MICRO_ADDRESS", f"{host}:{port}")

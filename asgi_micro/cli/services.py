@@ -7,9 +7,11 @@ and by name only to nodes whose registration verifies, so that the token goes to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Final, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import orjson
 import typer
@@ -33,6 +35,7 @@ from .common import (
     errors,
     pairs,
     print_json,
+    print_table,
 )
 
 __all__ = ["TransportName", "call", "describe", "health", "services"]
@@ -55,7 +58,10 @@ def services(registry: RegistryOption = DEFAULT_URL, as_json: JsonOption = False
     for service in sorted(found, key=lambda s: (s.name, s.version)):
         addresses = ", ".join(sorted(node.address for node in service.nodes))
         table.add_row(service.name, service.version, str(len(service.nodes)), addresses)
-    console.print(table if found else "no services found")
+    if found:
+        print_table(table)
+    else:
+        console.print("no services found")
 
 
 def describe(
@@ -91,7 +97,13 @@ def describe(
 def call(
     service: Annotated[str, typer.Argument(help="Service name.")],
     endpoint: Annotated[str, typer.Argument(help="Endpoint, e.g. Greeter.Hello.")],
-    request: Annotated[str, typer.Argument(help="Request as JSON.")] = "{}",
+    request: Annotated[
+        str,
+        typer.Argument(
+            help="Request as JSON; for an endpoint that streams requests, a JSON array of "
+            "them, or - to read one JSON request per line from stdin."
+        ),
+    ] = "{}",
     address: Annotated[
         str | None, typer.Option(help="Call this host:port, skip the registry.")
     ] = None,
@@ -101,6 +113,15 @@ def call(
         TransportName,
         typer.Option(help="Over HTTP, or over gRPC (to the node's gRPC port, or --address)."),
     ] = TransportName.http,
+    stream: Annotated[
+        bool | None,
+        typer.Option(
+            "--stream/--no-stream",
+            show_default=False,
+            help="Whether the endpoint streams; by name it is known from the registry, with "
+            "--address it is a plain call unless --stream.",
+        ),
+    ] = None,
     token: Annotated[
         str | None,
         typer.Option(
@@ -114,12 +135,9 @@ def call(
     auth: AuthOption = DEFAULT_AUTH,
     registry: RegistryOption = DEFAULT_URL,
 ) -> None:
-    """Call an endpoint and print the reply as JSON."""
-    try:
-        payload = orjson.loads(request)
-    except orjson.JSONDecodeError as exc:
-        errors.print(f"the request is not valid JSON: {exc}")
-        raise typer.Exit(2) from None
+    """Call an endpoint and print the reply as JSON; a stream's replies one JSON per line, as
+    they come (client and bidirectional streams go over gRPC)."""
+    payload = _requests(request)
     extra = pairs(metadata or [])
     wrappers: list[ClientWrapper] = []
     trusts = None
@@ -133,6 +151,9 @@ def call(
                 raise typer.Exit(2) from None
 
     async def go(reg: Registry) -> Any:
+        kind = "server" if stream else None
+        if address is None:
+            kind = _endpoint_kind(await reg.get_service(service), service, endpoint, stream)
         client = Client(
             registry=reg,
             caller="asgi-micro-cli",
@@ -140,19 +161,70 @@ def call(
             wrappers=wrappers,
             trusts=trusts,
         )
+        over: Literal["http", "grpc"] = "grpc" if transport is TransportName.grpc else "http"
+        requests = payload
+        if kind in ("client", "bidi"):
+            over = "grpc"  # over HTTP these are WebSockets, which the client does not speak
+            requests = payload if isinstance(payload, list) else [payload]
+        elif isinstance(payload, list) and kind is None:
+            raise ValueError(f"{endpoint} does not stream requests: give it one JSON object")
         try:
-            return await client.call(
-                service,
-                endpoint,
-                payload,
-                address=address,
-                metadata=extra,
-                transport=transport.value,
+            if kind is None:
+                return await client.call(
+                    service, endpoint, payload, address=address, metadata=extra, transport=over
+                )
+            replies = client.stream(
+                service, endpoint, requests, address=address, metadata=extra, transport=over
             )
+            async with contextlib.aclosing(replies):
+                async for reply in replies:
+                    console.file.write(orjson.dumps(reply).decode() + "\n")
+                    console.file.flush()
+            return _STREAMED
         finally:
             await client.aclose()
 
-    print_json(_with_registry(registry, go))
+    result = _with_registry(registry, go)
+    if result is not _STREAMED:
+        print_json(result)
+
+
+_STREAMED: Final = object()
+
+
+def _requests(request: str) -> Any:
+    """The request argument: JSON, or ``-`` for JSON lines on stdin (a stream of requests)."""
+    if request == "-":
+        lines = [line for line in sys.stdin.read().splitlines() if line.strip()]
+        source = "stdin"
+    else:
+        lines, source = [request], "the request"
+    try:
+        parsed = [orjson.loads(line) for line in lines]
+    except orjson.JSONDecodeError as exc:
+        errors.print(f"{source} is not valid JSON: {exc}")
+        raise typer.Exit(2) from None
+    return parsed if request == "-" else parsed[0]
+
+
+def _endpoint_kind(
+    found: list[ServiceRecord], service: str, endpoint: str, stream: bool | None
+) -> str | None:
+    """How ``endpoint`` streams (``server``, ``client``, ``bidi``), ``None`` for a plain call;
+    an endpoint that no version of ``service`` has is refused with the ones that exist."""
+    names = sorted({e.name for record in found for e in record.endpoints})
+    if found and names and endpoint not in names:
+        raise ValueError(f"{service} has no endpoint {endpoint!r}; it has: {', '.join(names)}")
+    kinds = {
+        e.metadata.get("stream") or None
+        for record in found
+        for e in record.endpoints
+        if e.name == endpoint
+    }
+    kind = kinds.pop() if len(kinds) == 1 else None
+    if stream is not None:
+        return (kind or "server") if stream else None
+    return kind
 
 
 def _bearer(token: str) -> ClientWrapper:
@@ -196,7 +268,7 @@ def health(
         for row in rows:
             style = "green" if row["status"] == "serving" else "red"
             table.add_row(row["node"], row["address"], row["version"], Text(row["status"], style))
-        console.print(table)
+        print_table(table)
     else:
         errors.print(f"service {name!r} not found")
     if not rows or any(row["status"] != "serving" for row in rows):
@@ -257,7 +329,7 @@ def _print_service(service: ServiceRecord, trusts: Callable[[str, Node], bool] |
             _compact(metadata),
             Text(registration, _REGISTRATION_STYLES[registration]),
         )
-    console.print(nodes)
+    print_table(nodes)
     endpoints = Table(
         "endpoint", "route", "request", "response", title="endpoints", title_justify="left"
     )
@@ -266,7 +338,7 @@ def _print_service(service: ServiceRecord, trusts: Callable[[str, Node], bool] |
         endpoints.add_row(
             endpoint.name, route, _fields(endpoint.request), _fields(endpoint.response)
         )
-    console.print(endpoints)
+    print_table(endpoints)
 
 
 _REGISTRATION_STYLES: Final = {"verified": "green", "unverified": "red", "auth off": "dim"}

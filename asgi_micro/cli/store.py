@@ -21,7 +21,7 @@ from rich.text import Text
 from ..errors import MicroError
 from ..plugins import MissingDependency
 from ..store import DEFAULT_DATABASE, DEFAULT_TABLE, DEFAULT_URL, Record, Store, from_url
-from .common import JsonOption, MetadataOption, console, errors, pairs, print_json
+from .common import JsonOption, MetadataOption, console, errors, pairs, print_json, print_table
 
 __all__ = ["app", "delete", "list_keys", "read", "write"]
 
@@ -81,7 +81,7 @@ def read(
         metadata = ", ".join(f"{name}={text}" for name, text in sorted(record.metadata.items()))
         cells = (record.key, _show(record.value), str(record.version), expires, metadata)
         rows.add_row(*(Text(cell) for cell in cells))
-    console.print(rows)
+    print_table(rows)
 
 
 @app.command()
