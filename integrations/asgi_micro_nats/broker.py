@@ -49,7 +49,6 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Self
-from urllib.parse import parse_qs, urlsplit
 
 import nats.errors
 import nats.js.errors
@@ -59,6 +58,7 @@ from nats.js import JetStreamContext, api
 from asgi_micro.broker.base import Broker, Subscription, check_topic
 from asgi_micro.errors import PayloadTooLarge, ServiceUnavailable
 
+from ._connection import NATS_ERRORS, connect, parse_url
 from .consumer import BROKER_ID, FETCH_WAIT, Consumer
 
 if TYPE_CHECKING:
@@ -119,20 +119,8 @@ class NATSBroker(Broker):
 
     @classmethod
     def from_url(cls, url: str, *, parts: Parts | None = None) -> Self:
-        split = urlsplit(url)
-        credentials, _, hosts = split.netloc.rpartition("@")
-        login = credentials + "@" if credentials else ""
-        servers = [f"nats://{login}{host}" for host in (hosts or "127.0.0.1:4222").split(",")]
-        query = {
-            name: values[-1]
-            for name, values in parse_qs(split.query, keep_blank_values=True).items()
-        }
-        unknown = set(query) - _OPTIONS
-        if unknown:
-            raise ValueError(
-                f"unknown option {sorted(unknown)[0]!r} in {url!r}; "
-                f"the options are {', '.join(sorted(_OPTIONS))}"
-            )
+        parsed = parse_url(url, options=_OPTIONS)
+        query = parsed.options
         options: dict[str, Any] = {}
         try:
             for name in ("stream", "prefix", "storage"):
@@ -147,10 +135,7 @@ class NATSBroker(Broker):
         except ValueError as exc:
             raise ValueError(f"a bad option in {url!r}: {exc}") from None
         source = parts.service if parts is not None else ""
-        if credentials:  # a password or a token is not for logs
-            user, colon, _ = credentials.partition(":")
-            split = split._replace(netloc=(f"{user}:***@" if colon else "***@") + hosts)
-        return cls(servers=servers, source=source, url=split.geturl(), **options)
+        return cls(servers=parsed.servers, source=source, url=parsed.shown, **options)
 
     # lifecycle
 
@@ -160,24 +145,15 @@ class NATSBroker(Broker):
         if self._client is not None:
             nc = self._client
         else:
-            nc = Client()
             try:
-                # nats-py would try forever (max_reconnect_attempts=-1 counts for the first
-                # connection too): a start gives up after ``timeout``
-                await asyncio.wait_for(
-                    nc.connect(
-                        self.servers,
-                        name=self.source or "asgi-micro",
-                        max_reconnect_attempts=-1,
-                        connect_timeout=max(1, round(self.timeout)),
-                        error_cb=_log_error,
-                        disconnected_cb=self._disconnected,
-                        reconnected_cb=self._reconnected,
-                    ),
+                nc = await connect(
+                    self.servers,
+                    name=self.source or "asgi-micro",
                     timeout=self.timeout,
+                    disconnected=self._disconnected,
+                    reconnected=self._reconnected,
                 )
-            except (OSError, nats.errors.Error) as exc:
-                await nc.close()
+            except NATS_ERRORS as exc:
                 raise ServiceUnavailable(
                     f"cannot reach NATS at {self.url}: {exc!r}", id=BROKER_ID
                 ) from exc
@@ -421,7 +397,3 @@ def _nats_header(name: str) -> bool:
 
 def _readable(first: str, topic: str) -> str:
     return _NOT_A_NAME.sub("_", f"{first}__{topic}")[:80]
-
-
-async def _log_error(exc: Exception) -> None:
-    logger.warning("NATS: %r", exc)

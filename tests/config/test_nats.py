@@ -7,11 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
-import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
@@ -24,7 +22,8 @@ from nats.js.kv import KeyValue
 
 from asgi_micro.config import DEFAULTS, Change, Config, ConfigError, Env
 from tests.config.models import Settings
-from tests.helpers import IN_CI, free_port, require_server, until
+from tests.helpers import free_port, require_server, until
+from tests.nats import nats_server, wait_for_port
 
 HOST, PORT = "127.0.0.1", 4222
 SERVER = f"nats://{HOST}:{PORT}"
@@ -175,46 +174,6 @@ def test_a_prefix_ends_with_a_dot() -> None:
     with pytest.raises(ValueError, match=r"ending in '\.'"):
         NATSKVSource(prefix="greeter..")
     assert NATSKVSource(prefix="greeter.").key("db.pool") == "greeter.db.pool"
-
-
-@contextlib.contextmanager
-def nats_server(port: int, store: Path) -> Iterator[subprocess.Popen[bytes]]:
-    binary = shutil.which("nats-server")
-    if binary is None:
-        message = "restarting NATS needs the nats-server binary"
-        if IN_CI:
-            pytest.fail(f"{message}; .ci/run must install it", pytrace=False)
-        pytest.skip(message)
-    process = subprocess.Popen(
-        [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
-async def wait_for_port(port: int) -> None:
-    async def listening() -> bool:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            return False
-        writer.close()
-        await writer.wait_closed()
-        return True
-
-    deadline = time.monotonic() + 5
-    while not await listening():
-        assert time.monotonic() < deadline, f"nats-server did not listen on {port}"
-        await asyncio.sleep(0.05)
 
 
 async def test_the_watch_outlives_a_server_restart(tmp_path: Path) -> None:
