@@ -2,8 +2,10 @@
 
 ``etcd_server()`` runs one ``etcd`` with a data directory of its own and yields its client URL
 (``http://127.0.0.1:<port>``); it is stopped and its directory removed afterwards, even when the
-test fails. ``wrapper`` runs it through another command (``["ip", "netns", "exec", name]``
-starts it in a network namespace; pass that namespace's ``host`` and ``port``). The
+test fails; given ``data_dir`` it keeps its data there instead, and leaves it, so that a test
+can stop it and start another on the same ports and data, as a restart. ``wrapper`` runs it
+through another command (``["ip", "netns", "exec", name]`` starts it in a network namespace;
+pass that namespace's ``host`` and ``port``). The
 ``etcd_url`` fixture (``tests/conftest.py``) shares one per test session: tests keep to key
 prefixes of their own, so they can share it, and two runs of the suite each have their own.
 Without the binary a test skips, and under ``CI=true`` fails.
@@ -44,11 +46,15 @@ def etcd_server(
     peer_port: int | None = None,
     wrapper: Sequence[str] = (),
     timeout: float = 20.0,
+    data_dir: str | None = None,
 ) -> Iterator[str]:
     binary = require_etcd()
     client = f"http://{host}:{port or free_port(host)}"
     peer = f"http://{host}:{peer_port or free_port(host)}"
-    with tempfile.TemporaryDirectory(prefix="asgi-micro-etcd-") as data:
+    with contextlib.ExitStack() as stack:
+        data = data_dir or stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="asgi-micro-etcd-")
+        )
         process = subprocess.Popen(
             [*wrapper, binary, "--name", "test", "--data-dir", data,
              "--listen-client-urls", client, "--advertise-client-urls", client,
