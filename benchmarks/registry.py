@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from asgi_micro.client.cache import RegistryCache  # noqa: E402
-from asgi_micro.registry import EventType, Node, Registry, Service, from_url  # noqa: E402
+from asgi_micro.client.cache import RegistryCache
+from asgi_micro.registry import EventType, Node, Registry, Service, from_url
 
 DIED_TTL = 2.0
 LOOKUPS = 2_000
