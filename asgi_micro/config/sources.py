@@ -8,8 +8,8 @@ The store source keeps one record per setting: the key is ``<prefix><dotted path
 (``config/db.pool``) and the value is JSON (``10``, ``"hi"``, ``{"host": "db"}``). Records are
 applied in key order, so ``config/db.pool`` refines ``config/db``. The store has no watch, so
 the source polls the records' versions (every 0.25 s by default). A NATS KV bucket is a source
-too, watched rather than polled: ``asgi_micro_nats.config.NATSKVSource``. An etcd source is not
-written yet.
+too, watched rather than polled: ``asgi_micro_nats.config.NATSKVSource``, and so are keys under
+a prefix on etcd: ``asgi_micro_etcd.config.EtcdSource``.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 ``memory://`` (the default) holds leases in the process; ``sqlite:///path.db`` and
 ``postgresql://...`` keep them in a table beside the store's (``store://`` uses the service's
-own SQL store); ``redis://`` comes from the ``redis`` extra through the ``asgi_micro.sync``
-entry point.
+own SQL store); ``redis://`` and ``etcd://`` come from the ``redis`` and ``etcd`` extras
+through the ``asgi_micro.sync`` entry point.
 """
 
 from __future__ import annotations

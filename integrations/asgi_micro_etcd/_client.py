@@ -14,6 +14,7 @@ URL to show.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass, field
 from typing import Final
@@ -23,7 +24,14 @@ import aetcd
 
 from asgi_micro.errors import ServiceUnavailable
 
-__all__ = ["DEFAULT_PORT", "DEFAULT_TIMEOUT", "EtcdURL", "connect", "parse_url"]
+__all__ = [
+    "DEFAULT_PORT",
+    "DEFAULT_TIMEOUT",
+    "EtcdURL",
+    "connect",
+    "parse_url",
+    "raise_if_cancelled",
+]
 
 DEFAULT_PORT: Final = 2379
 DEFAULT_TIMEOUT: Final = 5.0
@@ -34,6 +42,8 @@ _CHANNEL_OPTIONS: Final = {
     "grpc.initial_reconnect_backoff_ms": 100,
     "grpc.min_reconnect_backoff_ms": 100,
     "grpc.max_reconnect_backoff_ms": 1000,
+    # A new connection does not inherit an old channel's backoff: it tries at once.
+    "grpc.use_local_subchannel_pool": 1,
 }
 
 
@@ -145,3 +155,15 @@ def _address(host: str, port: int) -> str:
 
 def _reason(exc: BaseException) -> str:
     return str(exc).strip() or type(exc).__name__
+
+
+def raise_if_cancelled() -> None:
+    """Raise the cancellation of this task that an await inside aetcd swallowed.
+
+    aetcd waits with ``asyncio.wait_for``, which on Python 3.11 returns the result when the
+    task is cancelled just as the result arrives; the task would then go on (a watch would
+    wait for events forever) while whoever cancelled it waits for it to end.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

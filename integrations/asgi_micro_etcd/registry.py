@@ -41,7 +41,7 @@ import orjson
 from asgi_micro.errors import ServiceUnavailable
 from asgi_micro.registry.base import Event, EventType, Registry, Service
 
-from ._client import EtcdURL, connect, parse_url
+from ._client import EtcdURL, connect, parse_url, raise_if_cancelled
 
 if TYPE_CHECKING:
     from asgi_micro.plugins import Parts
@@ -250,13 +250,13 @@ class EtcdRegistry(Registry):
         except aetcd.ClientError as exc:
             raise ServiceUnavailable(f"etcd at {self.url}: {_reason(exc)}") from exc
         else:
-            _raise_if_cancelled()
+            raise_if_cancelled()
             return result
         try:
             result = await operation(client)
         except aetcd.ClientError as exc:
             raise ServiceUnavailable(f"etcd at {self.url}: {_reason(exc)}") from exc
-        _raise_if_cancelled()
+        raise_if_cancelled()
         return result
 
     async def _reconnect(self, failed: aetcd.Client) -> aetcd.Client:
@@ -306,23 +306,11 @@ class _Changes:
 async def _watch_from(client: aetcd.Client, prefix: bytes, revision: int) -> _Changes:
     changes = _Changes(client, await client.watch_prefix(prefix, start_revision=revision))
     try:
-        _raise_if_cancelled()
+        raise_if_cancelled()
     except asyncio.CancelledError:
         await changes.aclose()
         raise
     return changes
-
-
-def _raise_if_cancelled() -> None:
-    """Raise the cancellation of this task that an await inside aetcd swallowed.
-
-    aetcd waits with ``asyncio.wait_for``, which on Python 3.11 returns the result when the
-    task is cancelled just as the result arrives; the task would then go on (a watch would
-    wait for events forever) while whoever cancelled it waits for it to end.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 async def _put_unless_holding(client: aetcd.Client, key: bytes, value: bytes, lease: int) -> None:
