@@ -55,6 +55,8 @@ SWEEP_BATCH: Final = 1000
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _COLUMNS = "value, metadata, expires_at, version"
 _LIVE = "(expires_at IS NULL OR expires_at > {now})"
+_CREATION_LOCK = sa.text("SELECT pg_advisory_lock(hashtext(:table))")
+_CREATION_UNLOCK = sa.text("SELECT pg_advisory_unlock(hashtext(:table))")
 
 
 class Statements:
@@ -500,10 +502,22 @@ class SQLStore(Store):
             # CockroachDB orders STRING by bytes already and has no "C" collation to ask for
             collate = "CockroachDB" not in str(version.scalar())
         schema = _schema(shared.sql_table, collate=collate)
-        await connection.execute(CreateTable(schema, if_not_exists=True))
-        for index in schema.indexes:
-            await connection.execute(CreateIndex(index, if_not_exists=True))
-        await connection.commit()
+        lock = not shared.sqlite and collate
+        if lock:
+            # Services that start together on a fresh database race to create the table, and
+            # PostgreSQL's IF NOT EXISTS loses that race with a unique violation (pg_type,
+            # pg_class): a lock per table, held while creating, has them take turns. A session
+            # lock, as the connection autocommits: a transaction's would end with the statement.
+            await connection.execute(_CREATION_LOCK, {"table": shared.sql_table})
+        try:
+            await connection.execute(CreateTable(schema, if_not_exists=True))
+            for index in schema.indexes:
+                await connection.execute(CreateIndex(index, if_not_exists=True))
+            await connection.commit()
+        finally:
+            if lock:
+                await connection.execute(_CREATION_UNLOCK, {"table": shared.sql_table})
+                await connection.commit()
 
     async def _fetch(self, *, write: bool, sql: str, args: Sequence[Any]) -> list[Any]:
         shared = self._shared
