@@ -13,6 +13,7 @@ import asyncio
 import functools
 import time
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
     Awaitable,
@@ -47,8 +48,10 @@ from ..registry import Node, Registry
 from ..registry import Service as ServiceRecord
 from .cache import RegistryCache
 from .calls import ClientCall, ClientNext, ClientWrapper
+from .guards import Guards
 from .http import HTTPTransport
-from .outliers import OutlierDetector
+from .outliers import OutlierDetector, unavailable_answer
+from .policies import Policies
 from .retry import Backoff, retryable
 from .selector import Strategy, candidates, strategy_named
 
@@ -70,7 +73,8 @@ class Client:
     """Calls other services. Options are the defaults of every call; most can be set per call.
 
     ``retries`` is the number of extra attempts a failed call may make, ``strategy`` one of
-    ``random`` (default), ``round_robin``, ``least_outstanding``, ``p2c`` or a ``Strategy``.
+    ``random`` (default), ``round_robin``, ``least_outstanding``, ``p2c`` or a ``Strategy``;
+    ``policies`` hold targets to timeouts, retries, breakers... (``asgi_micro.client.policies``).
     """
 
     def __init__(
@@ -89,6 +93,7 @@ class Client:
         wrappers: Sequence[ClientWrapper] = (),
         identity: Callable[[], str | None] | None = None,
         trusts: Callable[[str, Node], bool] | None = None,
+        policies: Policies | None = None,
     ) -> None:
         if retries < 0:
             raise ValueError("retries must be >= 0")
@@ -108,6 +113,7 @@ class Client:
         self.backoff = backoff or Backoff()
         self.strategy = strategy_named(strategy) if isinstance(strategy, str) else strategy
         self.outliers = outliers or OutlierDetector()
+        self.guards = Guards(policies or Policies())
         self.cache = RegistryCache(registry, refresh=cache_refresh, error_id=CLIENT_ID)
         self.transport = transport or HTTPTransport()
         self._owns_transport = transport is None
@@ -180,6 +186,8 @@ class Client:
         """
         if transport not in ("http", "grpc"):
             raise ValueError(f"transport is 'http' or 'grpc', got {transport!r}")
+        if timeout is None and self.guards.on:
+            timeout = self.guards.target(service, endpoint).policy.timeout
         outgoing = ClientCall(
             service,
             endpoint,
@@ -210,7 +218,19 @@ class Client:
         self.wrappers = (*self.wrappers, wrapper)
         return wrapper
 
+    @property
+    def policies(self) -> Policies:
+        """The resilience policies by target; setting new ones starts their breakers,
+        bulkheads and budgets afresh."""
+        return self.guards.policies
+
+    @policies.setter
+    def policies(self, policies: Policies) -> None:
+        self.guards = Guards(policies)
+
     async def _run(self, call: ClientCall, handler: ClientNext) -> Any:
+        if self.guards.on and call.kind in ("unary", "http"):
+            handler = functools.partial(self.guards.run, next=handler)  # inside the wrappers
         if not self.wrappers:
             return await handler(call)
         return await compose(self.wrappers, handler)(call)
@@ -296,7 +316,7 @@ class Client:
             attempt,
             context=call.context,
             idempotent=idempotent,
-            retries=self.retries if options.retries is None else options.retries,
+            retries=self._retries(call, options),
             address=call.address,
             version=options.version,
             labels=options.labels,
@@ -304,6 +324,16 @@ class Client:
             usable=usable,
             endpoint=call.endpoint,
         )
+
+    def _retries(self, call: ClientCall, options: _Options) -> int:
+        """The call's own retries, else its target's policy's, else the client's."""
+        if options.retries is not None:
+            return options.retries
+        if self.guards.on and call.kind == "unary":
+            retries = self.guards.target(call.service, call.endpoint).policy.retries
+            if retries is not None:
+                return retries
+        return self.retries
 
     async def stream(
         self,
@@ -319,7 +349,7 @@ class Client:
         transport: Transport = "http",
         version: str | None = None,
         labels: Mapping[str, str] | None = None,
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any, None]:
         """Iterate over the replies of a streaming endpoint.
 
         For a server-streaming endpoint ``request`` is one request; for a client- or
@@ -488,9 +518,17 @@ class Client:
 
         ``seconds`` is the time left, or less for an idempotent call with retries to spare:
         the outlier detector's ``attempt_timeout`` for ``endpoint``, so that a node that does
-        not answer leaves time to try another."""
+        not answer leaves time to try another. The target's retry budget, if its policy has
+        one, may end the retries sooner."""
         outliers = self.outliers
         key = (service, endpoint) if endpoint is not None else None
+        retry_budget = (
+            self.guards.target(service, endpoint).budget
+            if endpoint is not None and self.guards.on
+            else None
+        )
+        if retry_budget is not None:
+            retry_budget.called()
         tried: set[str] = set()
         retry = 0
         while True:
@@ -512,11 +550,16 @@ class Client:
                     outliers.failed(node)
                 else:
                     outliers.answered(node, sent_at)
-                    outliers.succeeded(node)  # it answered: it is up
+                    if unavailable_answer(exc, service):
+                        outliers.failed(node)  # up, but says it cannot serve
+                    else:
+                        outliers.succeeded(node)  # it answered: it is up
                 cut_short = cut and _timed_out(exc)
                 if retry >= retries or not (
                     cut_short or retryable(exc, idempotent=idempotent, from_client=CLIENT_ID)
                 ):
+                    raise
+                if retry_budget is not None and not retry_budget.withdraw():
                     raise
                 retry += 1
                 delay = 0.0 if cut_short else self.backoff.delay(retry)
@@ -628,7 +671,10 @@ class Client:
                     " serving gRPC" if usable is _serves_grpc else "",
                 ]
             )
-            raise ServiceUnavailable(f"service {service}: no nodes found{wanted}", id=CLIENT_ID)
+            raise ServiceUnavailable(
+                f"service {service}: no nodes found{wanted} {_where_looked(self.registry)}",
+                id=CLIENT_ID,
+            )
         now = time.monotonic()
         healthy = [node for node in nodes if self.outliers.available(node, now)]
         pool = (
@@ -662,6 +708,15 @@ class Client:
         except (MicroError, ValueError, KeyError):
             pass  # not an asgi-micro node, or an old one: call it by convention
         return ServiceRecord(name=service, nodes=[node])
+
+
+def _where_looked(registry: Registry) -> str:
+    """``in the registry <url>`` (a backend's ``url`` has no credentials), and the usual
+    causes from a registry that knows them (``lookup_advice()``, as mDNS has)."""
+    hint = registry.lookup_advice()
+    return f"in the registry {registry.url or type(registry).__name__}" + (
+        f"; {hint}" if hint else ""
+    )
 
 
 def _node_failed(error: MicroError) -> bool:

@@ -19,7 +19,8 @@ class Endpoint:
     """One callable thing a service offers: an RPC method or an HTTP route.
 
     ``request`` and ``response`` are JSON schemas; ``metadata`` holds how to reach it
-    (``method``, ``path``, ``kind`` of ``rpc`` or ``http``, ``stream``, ``idempotent``).
+    (``method``, ``path``, ``kind`` of ``rpc`` or ``http``, ``stream``, ``idempotent``) and,
+    for an RPC, its ``description`` (the handler's docstring).
     """
 
     name: str
@@ -113,6 +114,11 @@ class Registry(Pluggable):
 
     async def stop(self) -> None:
         """Close connections; called again it does nothing."""
+
+    def lookup_advice(self) -> str:
+        """What to check when a lookup finds nothing, for the client's error message; ``""``
+        when nothing is worth saying."""
+        return ""
 
     @abstractmethod
     async def register(self, service: Service, *, ttl: float | None = None) -> None:

@@ -43,6 +43,7 @@ from zeroconf._dns import DNSPointer, DNSText
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from ..errors import ServiceUnavailable
+from . import multicast
 from .base import Event, EventType, Node, Registry, Service
 
 if TYPE_CHECKING:
@@ -140,6 +141,7 @@ class MDNSRegistry(Registry):
         self._zeroconf: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
         self._interfaces: list[str] | None = None
+        self._joined: list[str] = []
         self._opened_at = 0.0
         self._changed = asyncio.Event()
         self._registered: dict[str, _Registration] = {}  # node id -> what we announce
@@ -182,6 +184,16 @@ class MDNSRegistry(Registry):
         """The IPv4 interfaces mDNS runs on (``["0.0.0.0"]`` is all); ``None`` until it opens."""
         return None if self._interfaces is None else list(self._interfaces)
 
+    @property
+    def joined(self) -> list[str]:
+        """The IPv4 addresses whose interface joined the mDNS multicast group (for
+        ``0.0.0.0``, each one found); empty until it opens."""
+        return list(self._joined)
+
+    def lookup_advice(self) -> str:
+        """What to check when a lookup finds nothing, for the client's error message."""
+        return multicast.advice(self.domain, self._interfaces or self._configured)
+
     async def start(self) -> None:
         if self._configured is not None:
             self._open(self._configured)
@@ -193,6 +205,7 @@ class MDNSRegistry(Registry):
         # Nothing may call back into a registry that is closing: browser and timers go first,
         # before anything awaits.
         self._zeroconf = self._browser = self._interfaces = None
+        self._joined = []
         await browser.async_cancel()
         for registration in self._registered.values():
             registration.timer.cancel()
@@ -415,14 +428,18 @@ class MDNSRegistry(Registry):
         if self._zeroconf is not None:
             return self._zeroconf
         chosen = self._configured or interfaces
+        joined = multicast.join(chosen)
         try:
             zeroconf = AsyncZeroconf(
                 interfaces=InterfaceChoice.All if chosen == [_ALL] else chosen,
                 ip_version=IPVersion.V4Only,
             )
         except OSError as exc:
-            raise ServiceUnavailable(f"mDNS cannot listen on {', '.join(chosen)}: {exc}") from exc
-        self._zeroconf, self._interfaces = zeroconf, chosen
+            raise ServiceUnavailable(
+                f"mDNS cannot listen on UDP port 5353 of {', '.join(chosen)}: {exc}. "
+                f"{multicast.ALTERNATIVE}"
+            ) from exc
+        self._zeroconf, self._interfaces, self._joined = zeroconf, chosen, joined
         self._opened_at = asyncio.get_running_loop().time()
         self._changed = asyncio.Event()
         # QM questions: a unicast (QU) answer to port 5353 reaches only one of the processes

@@ -32,8 +32,8 @@ from asgi_micro.registry.mdns import (
     _instance_name,
     _interfaces_for,
 )
-from tests.helpers import eventually, free_port, mdns_domain, new_mdns_domain, serve
 from asgi_micro.testing.registry import make_service, node_ids, unique
+from tests.helpers import eventually, free_port, mdns_domain, new_mdns_domain, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = ["127.0.0.1"]
