@@ -3,15 +3,15 @@
     app.add_middleware(MicroMiddleware, service=Service("inventory"))
 
 It starts and stops the service inside the app's lifespan, serves ``/_micro/`` (health, stats,
-registry record), and is where HTTP requests and WebSocket sessions enter the service's call
-pipeline: each is counted in flight (a drain waits for it), its ``Micro-*`` metadata and
-deadline become the context that onward calls reuse, and every error response gets Go Micro's
-shape. It holds every request to the service's ``max_message_size``: a body whose
-``Content-Length`` says more is refused (413) before the app runs, a chunked one as soon as it
-passes the limit, and a WebSocket message over it closes the session (1009). The wrappers
-run where the route is known: in the RPC entry points, and for plain routes in
-``asgi_micro.routes``. It is pure ASGI: a request costs two header scans (the metadata, the
-body's length) and a send wrapper, not a Starlette object.
+metrics, registry record) and the probes ``/livez`` and ``/readyz``, and is where HTTP requests
+and WebSocket sessions enter the service's call pipeline: each is counted in flight (a drain
+waits for it), its ``Micro-*`` metadata and deadline become the context that onward calls
+reuse, and every error response gets Go Micro's shape. It holds every request to the service's
+``max_message_size``: a body whose ``Content-Length`` says more is refused (413) before the app
+runs, a chunked one as soon as it passes the limit, and a WebSocket message over it closes the
+session (1009). The wrappers run where the route is known: in the RPC entry points, and for
+plain routes in ``asgi_micro.routes``. It is pure ASGI: a request costs two header scans (the
+metadata, the body's length) and a send wrapper, not a Starlette object.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from .errors import (
     error_for_status,
     validation_detail,
 )
-from .internal import JWKS_PATH, Introspectable, serve_internal
+from .internal import JWKS_PATH, PROBE_PATHS, Introspectable, serve_internal
 from .redirects import relative_redirect
 from .responses import send_error
 from .router import MicroRoute
@@ -53,6 +53,7 @@ _SHAPED_TYPES = (b"application/json", b"text/plain")
 _MAX_SHAPED_BODY = 64 * 1024
 _CLOSE = ((b"connection", b"close"),)
 _HTTP_1 = ("1.1", "1.0")
+_TOP_LEVEL = frozenset({JWKS_PATH, *PROBE_PATHS})  # internal routes outside /_micro/
 
 
 class Served(Introspectable, Protocol):
@@ -92,7 +93,7 @@ class MicroMiddleware:
         elif STATE_KEY not in state:
             state[STATE_KEY] = service
         path = scope["path"]
-        if path.startswith(_INTERNAL) or path == JWKS_PATH:
+        if path.startswith(_INTERNAL) or path in _TOP_LEVEL:
             await serve_internal(service, scope, receive, send)
             return
         if not service.trust_callers:

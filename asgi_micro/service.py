@@ -45,6 +45,7 @@ from .endpoints import endpoints_of
 from .events import Events, Publication, Publisher, Subscriber
 from .grpc import GrpcServer, service_package
 from .messages import message_type
+from .metrics import Metrics
 from .middleware import MicroMiddleware
 from .openapi import use_served_openapi
 from .pipeline import Pipeline, Stats, Wrapper
@@ -58,9 +59,12 @@ from .signals import ExitSignals
 from .state import STATE_KEY
 from .store import Store
 from .sync import Sync
+from .tracing import Tracing, tracing_for
 from .types import ASGIApp
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
     from .client import Client
 
 __all__ = ["Part", "Service", "Settings", "Stats"]
@@ -105,6 +109,8 @@ class Service(Lifecycle):
         propagate: Collection[str] | None = None,
         trust_callers: bool | None = None,
         config: type[BaseModel] | Config[Any] | None = None,
+        metrics: bool | None = None,
+        tracing: bool | TracerProvider | Tracing | None = None,
     ) -> None:
         if not _NAME.fullmatch(name):
             raise ValueError(f"a service name is letters, digits, '.', '_' and '-', got {name!r}")
@@ -183,7 +189,24 @@ class Service(Lifecycle):
             default=settings.auth_default,
         )
         """Enforces auth on every call, names the service on its own (see
-        ``asgi_micro.auth.guard``); the outermost server wrapper when auth is on."""
+        ``asgi_micro.auth.guard``); a server wrapper, inside tracing and metrics, so that what it
+        refuses is traced and counted."""
+        self.tracing = tracing_for(
+            settings.tracing if tracing is None else tracing,
+            service=name,
+            version=version,
+            instance=self.id,
+            broker_url=self.broker.url,
+        )
+        """Spans of every call in and out (``asgi_micro.tracing``), or ``None`` when off; the
+        outermost server wrapper when on, so that what the others refuse is traced too."""
+        if self.tracing is not None:
+            self.pipeline.wrap(self.tracing.server)
+        self.metrics = Metrics(self, on=settings.metrics if metrics is None else metrics)
+        """Prometheus metrics at ``/_micro/metrics`` (``asgi_micro.metrics``); a server wrapper
+        outside auth's, so that it counts the calls auth refuses too."""
+        if self.metrics.on:
+            self.pipeline.wrap(self.metrics.serve)
         if self.guard.on:
             self.pipeline.wrap(self.guard.enforce)
             self.guard.teacher = self._jwks_of
@@ -224,6 +247,7 @@ class Service(Lifecycle):
     def _parts(self) -> list[Part]:
         """The parts to start, in order: the backends, then what serves an app."""
         parts: list[Part] = [
+            *([self.tracing] if self.tracing is not None else []),  # stops last: flushes all
             self.registry,
             self._store_backend,
             *([self.config] if self.config is not None else []),
@@ -232,6 +256,7 @@ class Service(Lifecycle):
             self.auth,
             self.guard,
             self.broker,
+            self.metrics,
             self.events,
         ]
         if self.app is not None:
@@ -425,6 +450,7 @@ class Service(Lifecycle):
         """The client for calling other services by name."""
         if self._client is None:
             from .client import Client
+            from .client.policies import Policies
 
             guard = self.guard
             self._client = Client(
@@ -433,6 +459,8 @@ class Service(Lifecycle):
                 propagate=self.propagate,
                 identity=guard.identity if guard.on else None,
                 trusts=guard.trusts if guard.on else None,
+                wrappers=(self.tracing.client,) if self.tracing is not None else (),
+                policies=Policies.from_env(),  # MICRO_POLICIES
             )
         return self._client
 

@@ -31,7 +31,8 @@ class Settings(BaseSettings):
     ``asgi_micro.auth.guard``. ``MICRO_PROPAGATE`` is a comma-separated list of metadata keys (``*``
     for all). The limits (``MICRO_MAX_MESSAGE_SIZE``, ``MICRO_MAX_HEADER_SIZE``,
     ``MICRO_HEADER_TIMEOUT``, ``MICRO_BODY_TIMEOUT``, ``MICRO_MAX_CONNECTIONS``) are described
-    in ``asgi_micro.limits``."""
+    in ``asgi_micro.limits``. ``MICRO_METRICS=off`` turns the metrics off
+    (``asgi_micro.metrics``)."""
 
     model_config = SettingsConfigDict(env_prefix="MICRO_", extra="ignore")
 
@@ -59,6 +60,10 @@ class Settings(BaseSettings):
     header_timeout: PositiveFloat = DEFAULT_HEADER_TIMEOUT
     body_timeout: PositiveFloat = DEFAULT_BODY_TIMEOUT
     max_connections: PositiveInt = DEFAULT_MAX_CONNECTIONS
+    metrics: bool = True
+    tracing: bool | None = None
+    """``MICRO_TRACING``: spans of every call (``asgi_micro.tracing``); unset, tracing is on
+    when the ``OTEL_*`` environment asks for traces."""
 
     @field_validator("propagate", mode="before")
     @classmethod

@@ -13,6 +13,7 @@ import contextlib
 import copy
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import ServiceUnavailable
@@ -37,17 +38,23 @@ class RegistryCache:
         self.registry = registry
         self.refresh = refresh
         self.error_id = error_id
+        self.on_lookup: Callable[[bool], None] | None = None
+        """Told of every lookup: ``True`` when the cache answered it (the metrics count them)."""
         self._entries: dict[str, _Entry] = {}
         self._lookups: dict[str, asyncio.Future[list[ServiceRecord]]] = {}
 
     async def get(self, name: str) -> list[ServiceRecord]:
         """The service's records; ``[]`` if the registry knows none."""
         entry = self._entries.get(name)
-        if (
+        fresh = (
             entry is not None
-            and entry.records
+            and bool(entry.records)
             and time.monotonic() - entry.fetched_at < self.refresh
-        ):
+        )
+        if self.on_lookup is not None:
+            self.on_lookup(fresh)
+        if fresh:
+            assert entry is not None
             return list(entry.records.values())
         pending = self._lookups.get(name)
         if pending is None:  # one registry query at a time per service, however many callers
