@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -47,7 +48,8 @@ def endpoints_of(app: Any, *, grpc: Mapping[str, str] | None = None) -> list[End
 
 def _rpc_endpoint(rpc: RPC, path: str, *, grpc: str | None = None) -> Endpoint:
     """An RPC endpoint: over HTTP a ``POST`` (a ``WEBSOCKET`` when it takes a stream of
-    requests), and over gRPC the method path ``grpc`` when it is served there."""
+    requests), and over gRPC the method path ``grpc`` when it is served there; its
+    ``description`` is the handler's docstring."""
     metadata = {
         "kind": "rpc",
         "method": "WEBSOCKET" if rpc.client_streaming else "POST",
@@ -58,6 +60,9 @@ def _rpc_endpoint(rpc: RPC, path: str, *, grpc: str | None = None) -> Endpoint:
         metadata["stream"] = rpc.kind
     if grpc:
         metadata["grpc"] = grpc
+    description = inspect.getdoc(rpc.handler)
+    if description:  # what the MCP gateway tells an agent the tool does
+        metadata["description"] = description
     return Endpoint(
         name=rpc.name,
         request=rpc.request.json_schema() if rpc.request else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import sys
 from typing import Annotated, Any
 
@@ -15,6 +16,7 @@ from ..registry import DEFAULT_URL
 
 __all__ = [
     "DEFAULT_URL",
+    "AuthDefault",
     "JsonOption",
     "MetadataOption",
     "RegistryOption",
@@ -38,6 +40,15 @@ RegistryOption = Annotated[
         help="Registry URL, e.g. mdns:// (loopback), mdns://0.0.0.0 (every interface), memory://.",
     ),
 ]
+
+
+class AuthDefault(enum.StrEnum):
+    """``MICRO_AUTH_DEFAULT``: what a gateway decides where no rule matches."""
+
+    open = "open"
+    deny = "deny"
+
+
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 MetadataOption = Annotated[
     list[str] | None, typer.Option("--metadata", "-m", help="Metadata as key=value.")

@@ -37,7 +37,7 @@ from .. import errors
 from ..broker import DEAD_SUFFIX, ERROR_HEADER, Broker, Event, Redelivery
 from . import until
 
-__all__ = ["BrokerConformance", "MakeBroker"]
+__all__ = ["BrokerConformance", "MakeBroker", "recorder", "started", "topic"]
 
 MakeBroker = Callable[[str], Broker]
 """``make(source)``: a new broker in the test's namespace, publishing as ``source``."""

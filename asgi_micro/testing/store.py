@@ -37,7 +37,7 @@ from ..errors import BadRequest, Conflict, NotFound, PayloadTooLarge
 from ..store import ABSENT, MAX_KEY_SIZE, Record, Store
 from . import eventually
 
-__all__ = ["StoreConformance"]
+__all__ = ["Greeting", "StoreConformance"]
 
 
 class Greeting(pydantic.BaseModel):

@@ -4,6 +4,7 @@ what ``asgi-micro proto`` prints; the standard health and reflection clients."""
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
@@ -16,6 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_tools import protoc
 
 from asgi_micro.cli.proto import proto
+from example_apps.greeter import app as greeter_app
 
 from .conftest import GREETER, Greeter
 
@@ -126,6 +128,7 @@ async def test_the_registry_record_says_where_and_how_to_call_over_grpc(greeter:
         "idempotent": "true",
         "stream": "server",
         "grpc": "/greeter.Greeter/Greetings",
+        "description": inspect.getdoc(greeter_app.greetings),  # what MCP tools describe
     }
     assert endpoints["Greeter.Chat"]["method"] == "WEBSOCKET"
     assert endpoints["Greeter.Chat"]["stream"] == "bidi"

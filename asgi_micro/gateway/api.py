@@ -1,0 +1,996 @@
+"""The API gateway: callers that speak plain HTTP in front, the registry's services behind
+(Go Micro's ``micro api``).
+
+    asgi-micro api --port 8080                      # or: app.mount("/api", gateway(...))
+    curl -X POST 127.0.0.1:8080/greeter/hello -d '{"name": "Ada"}'     # Greeter.Hello
+    curl -X POST 127.0.0.1:8080/rpc \\
+         -d '{"service": "greeter", "endpoint": "Greeter.Hello", "request": {"name": "Ada"}}'
+    curl 127.0.0.1:8080/greeter/                    # greeter's plain route GET /
+    curl 127.0.0.1:8080/openapi.json                # every service's paths under its name
+
+``/<service><path>`` reaches the endpoint of ``service`` that the registry lists at ``path``
+(an RPC endpoint or a plain route, path parameters included); failing that, Go Micro's rpc
+handler rule: ``/<service>/<method>`` is ``<Service>.<Method>`` and ``/<service>/<handler>/
+<method>`` is ``<Handler>.<Method>`` (``/greeter/hello`` is ``Greeter.Hello``). Only what the
+registry lists is reachable: a path no endpoint serves is a 404 naming the service's paths, and
+a service's internal routes (``/_micro/...``) are never exposed. ``POST /rpc`` takes Go Micro's
+``{"service", "endpoint", "request"}``. The routes come from the registry as it is now
+(``Catalogue``): a service appears with its first node and goes with its last.
+
+Each request goes through the gateway's ``Client``: node selection, ejection of failing
+nodes, retries on another node (idempotent endpoints and methods only, once something was
+sent) and the deadline (the caller's ``Micro-Timeout`` capped by ``timeout``). Bodies pass
+through as they are (any codec the service speaks; a stream's replies as they come), and so
+do the service's errors, in Go Micro's shape with their status. Hop-by-hop headers are dropped;
+``Micro-*`` metadata and the trace go on, ``Micro-From-Service`` names the gateway, and
+``X-Forwarded-For/Host/Proto/Prefix`` say where the request came from.
+
+At the edge: CORS (Starlette's ``CORSMiddleware``, for ``cors`` origins), a request size limit
+(413), a rate limit per client (a token bucket per client address, or per account when the
+caller's token verifies; 429 with ``Retry-After``) and, with auth on, the deployment's rules:
+no valid token where a rule wants one is a 401, a token the rules refuse a 403, before any
+service is called. The ``Authorization`` header goes on unchanged, so the service verifies the
+token again, and only to nodes whose registration proves them the service's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import math
+import re
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+from urllib.parse import unquote
+
+import orjson
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Mount
+
+from ..__about__ import __version__
+from ..auth import Account, Auth
+from ..auth.guard import Guard
+from ..auth.rules import Access, Resource, decide, refuse
+from ..client import CLIENT_ID, Client, ClientCall
+from ..client.http import Response, StreamingResponse
+from ..client.retry import RETRYABLE_STATUSES
+from ..context import PROPAGATE_ALL, TIMEOUT_HEADER, Context, read_headers
+from ..errors import (
+    BadRequest,
+    MethodNotAllowed,
+    MicroError,
+    NotFound,
+    NotImplemented,
+    PayloadTooLarge,
+    Timeout,
+    TooManyRequests,
+)
+from ..limits import DEFAULT_MAX_MESSAGE_SIZE
+from ..naming import IDEMPOTENT_METHODS
+from ..openapi import ERROR_SCHEMA, ERROR_SCHEMA_NAME
+from ..pipeline import compose
+from ..registry import Endpoint, Registry
+from ..responses import read_body, send_error, send_response
+from ..types import Receive, Scope, Send
+from .catalogue import Catalogue
+
+__all__ = [
+    "GATEWAY",
+    "Gateway",
+    "Rate",
+    "RateLimited",
+    "RateLimiter",
+    "Route",
+    "ServiceRoutes",
+    "gateway",
+]
+
+logger = logging.getLogger(__name__)
+
+GATEWAY: Final = "asgi-micro-api"
+"""The name the gateway calls services under, and the ``id`` of the errors it raises."""
+HOP_BY_HOP: Final = frozenset(
+    (
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    )
+)
+"""Headers that belong to one connection (RFC 9110, section 7.6.1), never forwarded."""
+_NOT_FORWARDED: Final = HOP_BY_HOP | {
+    b"host",
+    b"content-length",
+    b"expect",
+    b"authorization",  # forwarded from the context, as the caller sent it
+    b"traceparent",
+    b"tracestate",
+    b"x-forwarded-for",
+    b"x-forwarded-host",
+    b"x-forwarded-proto",
+    b"x-forwarded-prefix",
+}
+_PARAMETER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z_]+))?\}")
+_NOT_NAME = re.compile(r"[^a-z0-9]")
+_JSON: Final = b"application/json"
+_NDJSON: Final = b"application/x-ndjson"
+_FAILED_DOCUMENT_AGE: Final = 10.0
+"""Seconds a service's document built from the registry (its own could not be fetched) is
+kept before the gateway asks the service again."""
+
+
+# -- rate limits --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """``per_second`` requests a second for each client, after a burst of up to ``burst``."""
+
+    per_second: float
+    burst: int
+
+    def __post_init__(self) -> None:
+        if not self.per_second > 0 or self.burst < 1:
+            raise ValueError("a rate is more than 0 requests a second, with a burst of >= 1")
+
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        """``"10/s"``, ``"600/m"`` or ``"1000/h"``: that many requests per unit, and as many at
+        once."""
+        count, _, unit = text.strip().partition("/")
+        seconds = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(unit.strip().lower() or "s")
+        try:
+            number = int(count)
+        except ValueError:
+            number = 0
+        if seconds is None or number < 1:
+            raise ValueError(f"a rate is '<requests>/s', '/m' or '/h', got {text!r}")
+        return cls(per_second=number / seconds, burst=number)
+
+
+class RateLimiter:
+    """A token bucket per client: ``take(client)`` is 0 when the request may go, else the
+    seconds until it could. At most ``max_clients`` buckets are kept; beyond that, the full
+    ones (clients quiet long enough to have every token back) are forgotten first."""
+
+    def __init__(self, rate: Rate, *, max_clients: int = 100_000) -> None:
+        self.rate = rate
+        self.max_clients = max_clients
+        self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, when)
+
+    def take(self, client: str, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        rate = self.rate
+        tokens, when = self._buckets.get(client, (float(rate.burst), now))
+        tokens = min(float(rate.burst), tokens + (now - when) * rate.per_second)
+        if tokens < 1.0:
+            self._buckets[client] = (tokens, now)
+            return (1.0 - tokens) / rate.per_second
+        if client not in self._buckets and len(self._buckets) >= self.max_clients:
+            self._forget(now)
+        self._buckets[client] = (tokens - 1.0, now)
+        return 0.0
+
+    def _forget(self, now: float) -> None:
+        rate = self.rate
+        full = [
+            client
+            for client, (tokens, when) in self._buckets.items()
+            if tokens + (now - when) * rate.per_second >= rate.burst
+        ]
+        for client in full:
+            del self._buckets[client]
+        if len(self._buckets) >= self.max_clients:  # all busy: the oldest half goes
+            for client in list(self._buckets)[: len(self._buckets) // 2]:
+                del self._buckets[client]
+
+
+class RateLimited(TooManyRequests):
+    """429 from the gateway's rate limit; ``retry_after`` seconds go in ``Retry-After``."""
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail, id=GATEWAY)
+        self.retry_after = retry_after
+
+
+# -- routes -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a request goes: ``endpoint`` of ``service``, as ``method`` to ``target`` (the
+    path and query the node is sent)."""
+
+    service: str
+    endpoint: Endpoint
+    method: str
+    target: str
+
+    @property
+    def idempotent(self) -> bool:
+        metadata = self.endpoint.metadata
+        if metadata.get("kind") == "rpc":
+            return metadata.get("idempotent") == "true" and "stream" not in metadata
+        return self.method in IDEMPOTENT_METHODS
+
+
+class ServiceRoutes:
+    """The endpoints of one service by path (``/items/{item_id}`` matches ``/items/7``) and,
+    for RPC endpoints, by Go Micro's name rule."""
+
+    def __init__(self, service: str, endpoints: Mapping[str, Endpoint]) -> None:
+        self.service = service
+        self.endpoints = dict(endpoints)
+        self._exact: dict[str, list[Endpoint]] = {}
+        self._templates: list[tuple[re.Pattern[str], list[Endpoint]]] = []
+        self._named: dict[tuple[str, str], Endpoint] = {}
+        templates: dict[str, list[Endpoint]] = {}
+        for endpoint in endpoints.values():
+            metadata = endpoint.metadata
+            path = metadata.get("path")
+            if not path or metadata.get("method") == "WEBSOCKET":
+                continue  # WebSocket endpoints are not proxied
+            if metadata.get("kind") == "rpc":
+                handler, _, method = endpoint.name.rpartition(".")
+                self._named[(_normal(handler), _normal(method))] = endpoint
+            if _PARAMETER.search(path):
+                templates.setdefault(path, []).append(endpoint)
+            else:
+                self._exact.setdefault(path, []).append(endpoint)
+        for path, found in templates.items():
+            self._templates.append((_pattern(path), found))
+
+    def route(self, method: str, path: str, query: str, raw_path: str) -> Route:
+        """The endpoint a ``method`` request for ``path`` (after the service's name) reaches;
+        ``NotFound`` or ``MethodNotAllowed`` (with the methods allowed in its detail)."""
+        target = raw_path + (f"?{query}" if query else "")
+        candidates = self._exact.get(path)
+        if candidates is None:
+            candidates = next((found for p, found in self._templates if p.fullmatch(path)), [])
+        wanted = "GET" if method == "HEAD" else method
+        for endpoint in candidates:
+            if endpoint.metadata.get("method", "POST") == wanted:
+                return Route(self.service, endpoint, method, target)
+        if candidates:
+            allowed = sorted({endpoint.metadata.get("method", "POST") for endpoint in candidates})
+            raise MethodNotAllowed(
+                f"{self.service} serves {path} for {', '.join(allowed)}, not {method}", id=GATEWAY
+            )
+        named = self._by_name(path)
+        if named is not None:
+            if method != "POST":
+                raise MethodNotAllowed(f"{named.name} is called with POST", id=GATEWAY)
+            rpc_target = named.metadata["path"] + (f"?{query}" if query else "")
+            return Route(self.service, named, "POST", rpc_target)
+        raise NotFound(
+            f"{self.service} has no endpoint at {method} {path}; it serves: {self.summary()}",
+            id=GATEWAY,
+        )
+
+    def by_endpoint(self, name: str) -> Route:
+        """The RPC endpoint ``name`` (``Greeter.Hello``), for ``POST /rpc``."""
+        endpoint = self.endpoints.get(name)
+        if endpoint is None or endpoint.metadata.get("kind") != "rpc":
+            known = sorted(n for n, e in self.endpoints.items() if e.metadata.get("kind") == "rpc")
+            raise NotFound(
+                f"{self.service} has no RPC endpoint {name}; it has: {', '.join(known) or 'none'}",
+                id=GATEWAY,
+            )
+        if endpoint.metadata.get("method") == "WEBSOCKET":
+            raise NotImplemented(  # noqa: F901  # asgi_micro.errors' 501
+                f"{name} takes a stream of requests (a WebSocket): the gateway does not proxy it",
+                id=GATEWAY,
+            )
+        return Route(self.service, endpoint, "POST", endpoint.metadata.get("path", ""))
+
+    def summary(self) -> str:
+        served = sorted(
+            f"{e.metadata.get('method', 'POST')} {e.metadata['path']}"
+            for e in self.endpoints.values()
+            if e.metadata.get("path")
+        )
+        return ", ".join(served) or "nothing"
+
+    def _by_name(self, path: str) -> Endpoint | None:
+        """Go Micro's rule: ``/hello`` is ``<Service>.Hello``, ``/say/hello`` ``Say.Hello``."""
+        parts = path[1:].split("/")
+        if len(parts) == 1:
+            parts = [self.service, *parts]
+        if len(parts) != 2 or not all(parts):
+            return None
+        return self._named.get((_normal(parts[0]), _normal(parts[1])))
+
+
+def _normal(name: str) -> str:
+    """``Greeter``, ``greeter``, ``get_item`` and ``GetItem`` compare equal this way."""
+    return _NOT_NAME.sub("", name.lower())
+
+
+def _pattern(path: str) -> re.Pattern[str]:
+    """The regular expression of a route template: ``{name}`` is one segment, ``{name:path}``
+    the rest of the path."""
+    parts: list[str] = []
+    end = 0
+    for match in _PARAMETER.finditer(path):
+        parts.append(re.escape(path[end : match.start()]))
+        parts.append(".+" if match.group(2) == "path" else "[^/]+")
+        end = match.end()
+    parts.append(re.escape(path[end:]))
+    return re.compile("".join(parts))
+
+
+# -- the gateway --------------------------------------------------------------------------------
+
+
+class Gateway:
+    """The gateway's state and its ASGI app: the catalogue of endpoints, the client that calls
+    them, the guard with auth on and the rate limiter. ``gateway()`` wraps it in CORS.
+
+    Lifecycle: ``start``/``stop`` or ``async with`` (the app's lifespan does it; mounted in
+    another app, whose lifespan does not reach it, it starts on the first request)."""
+
+    def __init__(
+        self,
+        *,
+        registry: Registry | None = None,
+        client: Client | None = None,
+        auth: Auth | None = None,
+        auth_default: Literal["open", "deny"] = "open",
+        rate: Rate | None = None,
+        max_body: int = DEFAULT_MAX_MESSAGE_SIZE,
+        timeout: float = 30.0,
+        resync: float = 30.0,
+        rules_refresh: float = 5.0,
+    ) -> None:
+        if registry is None and client is None:
+            raise ValueError("a gateway needs a registry (or a client)")
+        if max_body < 0:
+            raise ValueError("max_body must be >= 0")
+        self.guard = (
+            Guard(auth, service=GATEWAY, on=True, default=auth_default, rules_refresh=rules_refresh)
+            if auth is not None and (auth.enabled or auth_default == "deny")
+            else None
+        )
+        self.client = client or Client(
+            registry=registry,  # type: ignore[arg-type]  # one of the two is given
+            caller=GATEWAY,
+            timeout=timeout,
+            trusts=self.guard.trusts if self.guard is not None else None,
+        )
+        self._owns_client = client is None
+        self.timeout = timeout
+        self.max_body = max_body
+        self.rate_limiter = RateLimiter(rate) if rate is not None else None
+        self.rules_refresh = rules_refresh
+        self.catalogue = Catalogue(
+            registry or self.client.registry, on_change=self._endpoints_changed, resync=resync
+        )
+        self.routes: dict[str, ServiceRoutes] = {}
+        self._documents: dict[str, tuple[dict[str, Endpoint], dict[str, Any], float]] = {}
+        self._document: dict[str, Any] | None = None
+        self._started = False
+        self._starting = asyncio.Lock()
+        self._rules: asyncio.Task[None] | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Read the rules (auth on) and the registry. Idempotent."""
+        async with self._starting:
+            if self._started:
+                return
+            if self.guard is not None:
+                await self.guard.auth.start()
+                await self.guard.load_rules()
+                self._rules = asyncio.create_task(self._keep_rules(), name="api gateway rules")
+            await self.catalogue.start()
+            self._started = True
+            logger.info("API gateway: %d service(s); auth %s", len(self.routes), self._auth_state())
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        await self.catalogue.stop()
+        if self._owns_client:
+            await self.client.aclose()
+        if self._rules is not None:
+            self._rules.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rules
+            self._rules = None
+        if self.guard is not None:
+            await self.guard.auth.stop()
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Any) -> AsyncIterator[None]:
+        async with self:
+            yield
+
+    # -- ASGI ---------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1003})
+            return
+        if not self._started:
+            await self.start()
+        try:
+            account, authorization = self._caller(scope)
+            self._limit(scope, account)
+            path = scope["path"]
+            root = scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root) :]
+            method = scope["method"]
+            if path == "/rpc" and method == "POST":
+                await self._rpc(scope, receive, send, account, authorization)
+            elif path == "/openapi.json" and method in ("GET", "HEAD"):
+                document = orjson.dumps(await self.openapi(root))
+                await send_response(send, 200, b"" if method == "HEAD" else document)
+            else:
+                route = self._route(scope, path)
+                self._check(account, route, authorization)
+                body = await self._body(scope, receive)
+                await self._forward(scope, send, route, body, authorization)
+        except MicroError as exc:
+            exc.id = exc.id or GATEWAY
+            headers: list[tuple[bytes, bytes]] = []
+            if isinstance(exc, RateLimited):
+                headers.append((b"retry-after", str(exc.retry_after).encode()))
+            await send_error(send, exc, headers=headers)
+
+    def _route(self, scope: Scope, path: str) -> Route:
+        """The service a path names (its first segment) and its endpoint at the rest, read
+        from the raw path so that the rest goes to the node as the caller spelt it."""
+        raw: bytes = scope.get("raw_path") or path.encode("latin-1")
+        root = scope.get("root_path", "").encode("latin-1")
+        if root:
+            raw = raw[len(root) :] if raw.startswith(root) else path.encode("latin-1")
+        _, raw_name, raw_rest = [*raw.decode("latin-1").split("/", 2), "", ""][:3]
+        name, rest = unquote(raw_name), unquote("/" + raw_rest)
+        if "/../" in f"{rest}/" or "/./" in f"{rest}/":
+            raise NotFound(f"no endpoint at {path}: dot segments are not resolved", id=GATEWAY)
+        routes = self.routes.get(name)
+        if routes is None:
+            registry = self.catalogue.registry
+            raise NotFound(
+                f"no service named {name!r} in the registry "
+                f"{registry.url or type(registry).__name__}; the services there: "
+                f"{', '.join(sorted(self.routes)) or 'none'}",
+                id=GATEWAY,
+            )
+        query = scope.get("query_string", b"").decode("latin-1")
+        return routes.route(scope["method"], rest, query, "/" + raw_rest)
+
+    # -- edge checks --------------------------------------------------------------------------
+
+    def _caller(self, scope: Scope) -> tuple[Account | None, str | None]:
+        """The caller's ``Authorization`` value, and the account it proves with auth on."""
+        authorization = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+                break
+        if self.guard is None:
+            return None, authorization
+        account, _ = self.guard.account_of(authorization)
+        return account, authorization
+
+    def _limit(self, scope: Scope, account: Account | None) -> None:
+        limiter = self.rate_limiter
+        if limiter is None:
+            return
+        client = scope.get("client")
+        key = (
+            f"account:{account.id}" if account is not None else f"ip:{client[0] if client else ''}"
+        )
+        wait = limiter.take(key)
+        if wait > 0:
+            raise RateLimited(
+                f"over {limiter.rate.burst} requests at a rate of "
+                f"{limiter.rate.per_second:g} a second; try again in {wait:.1f} s",
+                retry_after=max(1, math.ceil(wait)),
+            )
+
+    def _check(self, account: Account | None, route: Route, authorization: str | None) -> None:
+        """What the service's guard would decide, decided here first (auth on)."""
+        guard = self.guard
+        if guard is None or not guard.enforcing:
+            return
+        resource = Resource("service", route.service, route.endpoint.name)
+        rule = decide(guard.rules, account, resource)
+        if rule is None or rule.access != Access.GRANT:
+            reason = guard.account_of(authorization)[1] if account is None else ""
+            refuse(rule, account, resource, reason)
+
+    async def _body(self, scope: Scope, receive: Receive) -> bytes:
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if not value.isdigit():
+                    raise BadRequest("Content-Length is not a number", id=GATEWAY)
+                if int(value) > self.max_body:
+                    raise PayloadTooLarge(f"request body over {self.max_body} bytes", id=GATEWAY)
+        try:
+            return await read_body(receive, limit=self.max_body)
+        except PayloadTooLarge as exc:
+            exc.id = GATEWAY
+            raise
+
+    def _auth_state(self) -> str:
+        if self.guard is None:
+            return "off"
+        return f"on ({len(self.guard.rules)} rule(s), default {self.guard.default})"
+
+    async def _keep_rules(self) -> None:
+        """The rules and the key ring, read again as a service's guard reads them."""
+        assert self.guard is not None
+        while True:
+            await asyncio.sleep(self.rules_refresh)
+            try:
+                self.guard.auth.reload_keys()
+                await self.guard.load_rules()
+            except Exception:  # the store is away: the rules known last stay in force
+                logger.warning("could not reload the auth rules", exc_info=True)
+
+    # -- POST /rpc ----------------------------------------------------------------------------
+
+    async def _rpc(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        account: Account | None,
+        authorization: str | None,
+    ) -> None:
+        """Go Micro's ``/rpc``: ``{"service", "endpoint", "request"}`` (``method`` for
+        ``endpoint`` too), ``request`` an object or JSON text; the reply as the service sends
+        it."""
+        body = await self._body(scope, receive)
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"/rpc takes a JSON object: {exc}", id=GATEWAY) from None
+        if not isinstance(data, dict):
+            raise BadRequest('/rpc takes {"service", "endpoint", "request"}', id=GATEWAY)
+        service, endpoint = data.get("service"), data.get("endpoint") or data.get("method")
+        if not isinstance(service, str) or not isinstance(endpoint, str):
+            raise BadRequest("/rpc needs 'service' and 'endpoint' as strings", id=GATEWAY)
+        routes = self.routes.get(service)
+        if routes is None:
+            raise NotFound(f"no service named {service!r} in the registry", id=GATEWAY)
+        route = routes.by_endpoint(endpoint)
+        self._check(account, route, authorization)
+        request = data.get("request")
+        payload = request.encode() if isinstance(request, str) else orjson.dumps(request or {})
+        streams = route.endpoint.metadata.get("stream") == "server"
+        accept = _header(scope, b"accept") or b""
+        if not streams:
+            accept = _JSON
+        elif b"text/event-stream" not in accept:
+            accept = _NDJSON
+        headers = {b"content-type": _JSON, b"accept": accept}
+        await self._forward(scope, send, route, payload, authorization, replace=headers)
+
+    # -- forwarding ---------------------------------------------------------------------------
+
+    async def _forward(
+        self,
+        scope: Scope,
+        send: Send,
+        route: Route,
+        body: bytes,
+        authorization: str | None,
+        *,
+        replace: Mapping[bytes, bytes] | None = None,
+    ) -> None:
+        """Send the request to a node of the route's service (retried as the client retries)
+        and stream the reply back."""
+        incoming = read_headers(scope["headers"]) or Context()
+        outgoing = incoming.onward(
+            timeout=self.timeout, metadata={"from-service": GATEWAY}, propagate=(PROPAGATE_ALL,)
+        )
+        outgoing.authorization = authorization
+        forwarded = _forwarded_headers(scope, route.service, replace)
+        kind = "server" if route.endpoint.metadata.get("stream") == "server" else "unary"
+        if route.endpoint.metadata.get("kind") != "rpc":
+            kind = "http"
+        call = ClientCall(
+            route.service, route.endpoint.name, "http", outgoing, request=body, kind=kind
+        )
+        client = self.client
+        transport = client.transport
+        idempotent = route.idempotent
+
+        async def attempt(node: Any, budget: float | None) -> Response | StreamingResponse:
+            headers = [*forwarded]
+            for name, value in call.context.headers():
+                if name != TIMEOUT_HEADER:
+                    headers.append((name.encode("latin-1"), value.encode("latin-1")))
+            remaining = call.context.remaining()
+            if remaining is not None:
+                millis = max(1, int((budget if budget is not None else remaining) * 1000))
+                headers.append((b"micro-timeout", str(millis).encode()))
+            if route.method == "HEAD":  # no body to stream
+                return await transport.request(
+                    node.host, node.port, "HEAD", route.target, headers=headers, timeout=budget
+                )
+            opening = transport.open_stream(
+                node.host, node.port, route.method, route.target, headers=headers, body=body,
+                timeout=budget if kind != "http" else remaining,
+            )  # fmt: skip
+            if kind != "http" or budget is None or budget == remaining:
+                response = await opening
+            else:
+                # A plain route's reply may stream: ``budget`` bounds the wait for its head, the
+                # deadline its body.
+                try:
+                    async with asyncio.timeout(budget):
+                        response = await opening
+                except TimeoutError:
+                    raise Timeout(f"{route.service} did not answer in time", id=CLIENT_ID) from None
+            if idempotent and response.status in RETRYABLE_STATUSES:
+                # Another node may answer: the retry loop decides, on the error itself.
+                try:
+                    answer = b"".join([chunk async for chunk in response])
+                finally:
+                    await response.aclose()
+                raise _error_from(response.status, answer, route.service)
+            return response
+
+        async def deliver(call: ClientCall) -> Response | StreamingResponse:
+            return await client.attempts(
+                route.service,
+                attempt,
+                context=call.context,
+                idempotent=idempotent,
+                retries=client.retries,
+                endpoint=route.endpoint.name,
+            )
+
+        if client.wrappers:
+            response: Response | StreamingResponse = await compose(client.wrappers, deliver)(call)
+        else:
+            response = await deliver(call)
+        if isinstance(response, Response):  # the head of a HEAD, with the length a GET would have
+            headers = _end_to_end(response.headers)
+            await send(
+                {"type": "http.response.start", "status": response.status, "headers": headers}
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
+        try:
+            await _relay(send, response)
+        finally:
+            await response.aclose()
+
+    # -- the combined OpenAPI document --------------------------------------------------------
+
+    async def _endpoints_changed(self) -> None:
+        self.routes = {
+            name: ServiceRoutes(name, endpoints)
+            for name, endpoints in self.catalogue.endpoints.items()
+        }
+        self._document = None
+
+    async def openapi(self, root_path: str = "") -> dict[str, Any]:
+        """Every service's endpoints under ``/<service>``, tagged with its name: from the
+        service's own ``/openapi.json`` where it serves one, else from the registry's schemas;
+        kept until the services change."""
+        document = self._document
+        now = time.monotonic()
+        stale = any(expires and now >= expires for _, _, expires in self._documents.values())
+        if document is None or stale:
+            names = sorted(self.routes)
+            own = await asyncio.gather(*(self._service_document(name) for name in names))
+            document = _combined(
+                {
+                    name: (self.routes[name].endpoints, doc)
+                    for name, doc in zip(names, own, strict=True)
+                }
+            )
+            self._document = document
+        if root_path:
+            document = {**document, "servers": [{"url": root_path}]}
+        return document
+
+    async def _service_document(self, name: str) -> dict[str, Any]:
+        """What the service documents of its own endpoints (its ``/openapi.json``), cached for
+        as long as its endpoints stay the same."""
+        endpoints = self.routes[name].endpoints
+        cached = self._documents.get(name)
+        fresh = cached is not None and (not cached[2] or time.monotonic() < cached[2])
+        if cached is not None and fresh and cached[0] == endpoints:
+            return cached[1]
+        own: dict[str, Any] | None = None
+        try:
+            async with self.client.http(timeout=5.0) as http:
+                response = await http.get(f"http://{name}/openapi.json")
+            if response.status_code == 200:
+                own = response.json()
+        except Exception as exc:  # no document: the registry's schemas do
+            logger.info("%s serves no OpenAPI document (%s); using the registry's", name, exc)
+        document = own if isinstance(own, dict) else {}
+        expires = 0.0 if own is not None else time.monotonic() + _FAILED_DOCUMENT_AGE
+        self._documents[name] = (endpoints, document, expires)
+        return document
+
+
+def _combined(
+    services: Mapping[str, tuple[Mapping[str, Endpoint], dict[str, Any]]],
+) -> dict[str, Any]:
+    """One document of ``services``: each one's endpoints, and its own document (``{}`` when
+    it has none) to describe them where it does."""
+    paths: dict[str, Any] = {"/rpc": _RPC_OPERATION}
+    schemas: dict[str, Any] = {ERROR_SCHEMA_NAME: copy.deepcopy(ERROR_SCHEMA)}
+    tags = []
+    for service, (endpoints, own) in services.items():
+        tags.append({"name": service})
+        own_paths = own.get("paths", {})
+        renamed = {
+            name: f"{service}.{name}"
+            for name in own.get("components", {}).get("schemas", {})
+            if name != ERROR_SCHEMA_NAME
+        }
+        for name, schema in own.get("components", {}).get("schemas", {}).items():
+            if name in renamed:
+                schemas[renamed[name]] = _renamed(schema, renamed)
+        for endpoint in sorted(endpoints.values(), key=lambda e: e.name):
+            if "path" not in endpoint.metadata or endpoint.metadata.get("method") == "WEBSOCKET":
+                continue
+            path, method = endpoint.metadata["path"], endpoint.metadata.get("method", "POST")
+            operation = own_paths.get(path, {}).get(method.lower())
+            if operation is None:
+                operation = _from_registry(service, endpoint, schemas)
+            else:
+                operation = _renamed(copy.deepcopy(operation), renamed)
+            operation["tags"] = [service]
+            if "operationId" in operation:
+                operation["operationId"] = f"{service}.{operation['operationId']}"
+            paths.setdefault(f"/{service}{path}", {})[method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "asgi-micro API gateway", "version": __version__},
+        "tags": tags,
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
+
+
+def _from_registry(service: str, endpoint: Endpoint, schemas: dict[str, Any]) -> dict[str, Any]:
+    """An operation from what the registry says of the endpoint (its message schemas, with
+    their ``$defs`` moved into ``components`` under the service's name)."""
+    metadata = endpoint.metadata
+    operation: dict[str, Any] = {"summary": endpoint.name}
+    if metadata.get("description"):
+        operation["description"] = metadata["description"]
+    if endpoint.request is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {"schema": _hoisted(service, endpoint.request, schemas)}
+            },
+        }
+    ok: dict[str, Any] = {"description": "OK"}
+    if endpoint.response is not None:
+        schema = _hoisted(service, endpoint.response, schemas)
+        if metadata.get("stream") == "server":
+            ok["content"] = {_NDJSON.decode(): {"itemSchema": schema}}
+        else:
+            ok["content"] = {"application/json": {"schema": schema}}
+    error = {"content": {"application/json": {"schema": _error_ref()}}}
+    operation["responses"] = {"200": ok, "default": {"description": "An error", **error}}
+    return operation
+
+
+def _hoisted(service: str, schema: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
+    definitions = schema.get("$defs", {})
+    renamed = {name: f"{service}.{name}" for name in definitions}
+    for name, definition in definitions.items():
+        schemas[renamed[name]] = _renamed(definition, renamed, prefix="#/$defs/")
+    result: dict[str, Any] = _renamed(
+        {key: value for key, value in schema.items() if key != "$defs"}, renamed, prefix="#/$defs/"
+    )
+    return result
+
+
+def _renamed(
+    node: Any, renamed: Mapping[str, str], *, prefix: str = "#/components/schemas/"
+) -> Any:
+    """``node`` with its references to ``prefix<name>`` pointing at the renamed components."""
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str) and value.startswith(prefix):
+                name = value[len(prefix) :]
+                value = f"#/components/schemas/{renamed.get(name, name)}"
+            else:
+                value = _renamed(value, renamed, prefix=prefix)
+            out[key] = value
+        return out
+    if isinstance(node, list):
+        return [_renamed(item, renamed, prefix=prefix) for item in node]
+    return node
+
+
+def _error_ref() -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{ERROR_SCHEMA_NAME}"}
+
+
+_RPC_OPERATION: Final[dict[str, Any]] = {
+    "post": {
+        "tags": ["gateway"],
+        "summary": "Call an RPC endpoint by name (Go Micro's /rpc)",
+        "operationId": "gateway.rpc",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "service": {"type": "string", "examples": ["greeter"]},
+                            "endpoint": {"type": "string", "examples": ["Greeter.Hello"]},
+                            "request": {"description": "The request: an object, or JSON text."},
+                        },
+                        "required": ["service", "endpoint"],
+                    }
+                }
+            },
+        },
+        "responses": {
+            "200": {"description": "The endpoint's reply, as the service sent it."},
+            "default": {
+                "description": "An error, the gateway's or the service's",
+                "content": {"application/json": {"schema": _error_ref()}},
+            },
+        },
+    }
+}
+
+
+# -- headers and relaying ---------------------------------------------------------------------
+
+
+def _header(scope: Scope, wanted: bytes) -> bytes | None:
+    for name, value in scope["headers"]:
+        if name == wanted:
+            found: bytes = value
+            return found
+    return None
+
+
+def _forwarded_headers(
+    scope: Scope, service: str, replace: Mapping[bytes, bytes] | None
+) -> list[tuple[bytes, bytes]]:
+    """The caller's headers a node is sent: not those of the connection, nor the framing, nor
+    the context's (sent from the outgoing context); ``replace`` instead of its own; and where
+    the request came from."""
+    headers = scope["headers"]
+    dropped = _NOT_FORWARDED
+    for name, value in headers:
+        if name == b"connection":  # it may name more hop-by-hop headers
+            dropped = dropped | {token.strip().lower() for token in value.split(b",")}
+    forwarded = [
+        (name, value)
+        for name, value in headers
+        if name not in dropped
+        and not name.startswith(b"micro-")
+        and (replace is None or name not in replace)
+    ]
+    if replace:
+        forwarded.extend(replace.items())
+    client = scope.get("client")
+    peer = client[0].encode() if client else b"unknown"
+    earlier = _header(scope, b"x-forwarded-for")
+    forwarded.append((b"x-forwarded-for", earlier + b", " + peer if earlier else peer))
+    forwarded.append((b"x-forwarded-proto", scope.get("scheme", "http").encode()))
+    host = _header(scope, b"host")
+    if host:
+        forwarded.append((b"x-forwarded-host", host))
+    prefix = f"{scope.get('root_path', '')}/{service}".encode("latin-1")
+    forwarded.append((b"x-forwarded-prefix", prefix))
+    return forwarded
+
+
+def _end_to_end(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return [(name, value) for name, value in headers if name not in HOP_BY_HOP]
+
+
+async def _relay(send: Send, response: StreamingResponse) -> None:
+    """The node's reply as it comes: its status and end-to-end headers, then its body, the
+    last chunk marked as such when the length is known (one message fewer for small replies)."""
+    headers = _end_to_end(response.headers)
+    length: int | None = None
+    for name, value in headers:
+        if name == b"content-length" and value.isdigit():
+            length = int(value)
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    sent = 0
+    try:
+        async for chunk in response:
+            sent += len(chunk)
+            more = length is None or sent < length
+            await send({"type": "http.response.body", "body": chunk, "more_body": more})
+            if not more:
+                return
+    except MicroError as exc:
+        # The head is sent: all the caller can be told is that the body ends short (the
+        # server closes the connection of a response left unfinished).
+        logger.info("%s: reply cut short: %s", response, exc)
+        return
+    await send({"type": "http.response.body", "body": b""})
+
+
+def _error_from(status: int, body: bytes, service: str) -> MicroError:
+    try:
+        data: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        data = body.decode("utf-8", "replace") or f"{service} answered {status}"
+    return MicroError.from_dict(data, status_code=status, id=service)
+
+
+# -- the app ------------------------------------------------------------------------------------
+
+
+def gateway(
+    *,
+    registry: Registry | None = None,
+    client: Client | None = None,
+    auth: Auth | None = None,
+    auth_default: Literal["open", "deny"] = "open",
+    cors: Sequence[str] = (),
+    rate: Rate | str | None = None,
+    max_body: int = DEFAULT_MAX_MESSAGE_SIZE,
+    timeout: float = 30.0,
+) -> Starlette:
+    """The gateway as a Starlette app, to serve (``asgi-micro api``) or mount in another app
+    (``app.mount("/api", gateway(registry=service.registry))``).
+
+    ``client`` (default: a client of the gateway's own on ``registry``) makes the calls;
+    ``auth`` turns auth on at the edge (``auth_default="deny"``: no rule, no call); ``cors``
+    names the origins browsers may call from (``["*"]`` for any); ``rate`` (``"10/s"``) is the
+    rate limit per client; ``max_body`` the largest request body; ``timeout`` the most a call
+    may take, retries included. The ``Gateway`` is ``app.state.gateway``."""
+    api = Gateway(
+        registry=registry,
+        client=client,
+        auth=auth,
+        auth_default=auth_default,
+        rate=Rate.parse(rate) if isinstance(rate, str) else rate,
+        max_body=max_body,
+        timeout=timeout,
+    )
+    middleware = []
+    if cors:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(cors),
+                allow_methods=["*"],
+                allow_headers=["*"],
+                expose_headers=["Retry-After"],
+                max_age=600,
+            )
+        )
+    app = Starlette(routes=[Mount("/", app=api)], middleware=middleware, lifespan=api.lifespan)
+    app.state.gateway = api
+    return app
