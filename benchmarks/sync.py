@@ -138,7 +138,9 @@ async def main() -> None:
             key, owner = f"{prefix}:raw", uuid.uuid4().hex
 
             async def scripts() -> None:
-                token = await acquire(keys=[key, f"{key}:token", f"{key}:next"], args=[owner, 10_000])
+                token = await acquire(
+                    keys=[key, f"{key}:token", f"{key}:next"], args=[owner, 10_000]
+                )
                 await release(keys=[key], args=[f"{owner}:{token}"])
 
             async def set_nx() -> None:

@@ -3,10 +3,9 @@
 ``etcd_server()`` runs one ``etcd`` with a data directory of its own and yields its client URL
 (``http://127.0.0.1:<port>``); it is stopped and its directory removed afterwards, even when the
 test fails; given ``data_dir`` it keeps its data there instead, and leaves it, so that a test
-can stop it and start another on the same ports and data, as a restart. ``wrapper`` runs it
-through another command (``["ip", "netns", "exec", name]`` starts it in a network namespace;
-pass that namespace's ``host`` and ``port``). The
-``etcd_url`` fixture (``tests/conftest.py``) shares one per test session: tests keep to key
+can stop it and start another on the same ports and data, as a restart (an etcd inside a
+network namespace is ``tests.multihost.engines.etcd_on``). The ``etcd_url`` fixture
+(``tests/conftest.py``) shares one per test session: tests keep to key
 prefixes of their own, so they can share it, and two runs of the suite each have their own.
 Without the binary a test skips, and under ``CI=true`` fails.
 """
@@ -18,7 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -44,7 +43,6 @@ def etcd_server(
     *,
     port: int | None = None,
     peer_port: int | None = None,
-    wrapper: Sequence[str] = (),
     timeout: float = 20.0,
     data_dir: str | None = None,
 ) -> Iterator[str]:
@@ -56,7 +54,7 @@ def etcd_server(
             tempfile.TemporaryDirectory(prefix="asgi-micro-etcd-")
         )
         process = subprocess.Popen(
-            [*wrapper, binary, "--name", "test", "--data-dir", data,
+            [binary, "--name", "test", "--data-dir", data,
              "--listen-client-urls", client, "--advertise-client-urls", client,
              "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
              "--initial-cluster", f"test={peer}", "--log-level", "error"],

@@ -209,12 +209,13 @@ async def test_run_an_app_that_does_not_import() -> None:
         asgi_micro("run", "no_such_module:app", "--port", str(free_port())),
         asgi_micro("run", "example_apps.greeter.app:nope", "--port", str(free_port())),
     )
-    for result, message in (
-        (no_module, 'Could not import module "no_such_module"'),
-        (no_attribute, 'Attribute "nope" not found in module "example_apps.greeter.app"'),
-    ):
-        assert result.returncode != 0, result
-        assert message in result.stderr, result
+    assert (no_module.returncode, no_module.stderr) == (
+        2,
+        "asgi-micro run: no module named 'no_such_module'\n",
+    ), no_module
+    assert no_attribute.returncode != 0, no_attribute
+    message = 'Attribute "nope" not found in module "example_apps.greeter.app"'
+    assert message in no_attribute.stderr, no_attribute
 
 
 # -- polish a new user sees -------------------------------------------------------------------
