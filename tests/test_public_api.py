@@ -95,6 +95,10 @@ MODULES = [
     "asgi_micro.testing.broker",
     "asgi_micro.testing.store",
     "asgi_micro.testing.sync",
+    "asgi_micro.client.policies",
+    "asgi_micro.client.guards",
+    "asgi_micro.client.outliers",
+    "asgi_micro.pipeline",
 ]
 
 

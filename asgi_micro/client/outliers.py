@@ -4,7 +4,14 @@ Failures. After ``consecutive_failures`` failures of the node itself in a row (i
 dropped connections, or did not answer before the call's time ran out) a node is ejected for
 ``base_ejection`` seconds, doubled at each ejection in a row up to ``max_ejection``. When the
 time is up it is eligible again, on probation: one more failure ejects it again at once, one
-answer clears its record. A 4xx or 5xx the node answered with says the node is up.
+answer clears its record.
+
+Answers. A 502, 503 or 504 that the node gives as its own (the error's id is the service's name,
+the server's, or none: the node is overloaded, not ready, or a proxy in front of it cannot reach
+it) counts as a failure of the node, so that a node that keeps answering 503 is ejected while
+the others take its calls. Any other answer says the node is up: a 4xx, a 500 (a handler's bug
+is the same on every node, and ejecting them all helps no one) and a 5xx the node relays from
+elsewhere (its own client's, or another service's: its dependency failed, not the node).
 
 Stalls. A node that is frozen (a stopped process, a full disk, a stuck event loop) still accepts
 connections: only its silence tells. The detector keeps, per node, the calls outstanding, the
@@ -26,9 +33,12 @@ import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
+from ..errors import SERVER_ID, MicroError
 from ..registry import Node
 
-__all__ = ["OutlierDetector", "RoundTrip"]
+__all__ = ["OutlierDetector", "RoundTrip", "unavailable_answer"]
+
+_UNAVAILABLE = frozenset({502, 503, 504})
 
 _MAX_TRACKED = 1024
 
@@ -206,3 +216,9 @@ class OutlierDetector:
         for node_id, activity in list(self._activity.items()):
             if activity.outstanding == 0:
                 del self._activity[node_id]
+
+
+def unavailable_answer(error: MicroError, service: str) -> bool:
+    """Whether ``error``, answered by a node of ``service``, says the node itself cannot serve
+    (its own 502, 503 or 504) rather than that a handler or a dependency failed."""
+    return error.code in _UNAVAILABLE and error.id in (service, SERVER_ID, "")
