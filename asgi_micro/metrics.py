@@ -1,8 +1,9 @@
 """Prometheus metrics of a service, served at ``/_micro/metrics``.
 
 ``Metrics`` is a part of the service, on unless ``Service(metrics=False)`` or
-``MICRO_METRICS=off``. It puts one server wrapper around every incoming call and one client
-wrapper around every outgoing call and publish, so a call is measured the same way on every
+``MICRO_METRICS=off``. It observes every incoming call (a pipeline observer: told of each call
+once it ended, without taking an RPC off its fast path) and puts a client wrapper around every
+outgoing call and publish, so a call is measured the same way on every
 protocol, and counts the client's registry lookups. Names and labels follow OpenTelemetry's RPC
 and messaging semantic conventions as Prometheus spells them (dots become underscores, the unit
 a suffix, counters end in ``_total``); what the conventions do not cover is named ``micro_*``:
@@ -69,7 +70,7 @@ if TYPE_CHECKING:
     from .broker import Broker
     from .client import Client, ClientCall, ClientNext
     from .events import Events
-    from .pipeline import Call, Next, Pipeline
+    from .pipeline import Call, Pipeline
 
 __all__ = ["DURATION_BUCKETS", "Measured", "Metrics"]
 
@@ -114,7 +115,7 @@ class _Observer(Protocol):
 
 
 class Metrics:
-    """The metrics of one service: ``serve`` is its server wrapper, ``call`` its client
+    """The metrics of one service: ``served`` is its pipeline observer, ``call`` its client
     wrapper (put around the service's client by ``start``), ``expose`` a scrape.
 
     In one process the values are plain Python numbers that the event loop adds to, read at
@@ -219,53 +220,37 @@ class Metrics:
 
     # -- wrappers -----------------------------------------------------------------------------
 
-    async def serve(self, call: Call, next: Next) -> Any:
-        """The server wrapper: times every incoming call."""
-        if call.protocol == "event":
-            return await self._process(call, next)
-        started = time.perf_counter()
-        in_flight = self._in_flight
-        if in_flight is not None:
-            in_flight.inc()
-        error = ""
-        try:
-            return await next(call)
-        except BaseException as exc:
-            error = _error_type(exc)
-            raise
-        finally:
-            if in_flight is not None:
-                in_flight.dec()
-            key = (call.protocol, call.endpoint, error)
-            child = self._servers.get(key)
-            if child is None:
-                child = self._servers[key] = self.server_calls.labels(
-                    call.protocol, call.endpoint, _status_name(error), error
-                )
-            child.observe(time.perf_counter() - started)
+    def served(
+        self,
+        call: Call | None,
+        protocol: str,
+        endpoint: str,
+        seconds: float,
+        error: BaseException | None,
+    ) -> None:
+        """The pipeline's observer: told of every incoming call once it ended."""
+        failure = "" if error is None else _error_type(error)
+        if self._in_flight is not None:  # this one is still counted until its entry point ends
+            self._in_flight.set(max(0, self.service.pipeline.stats.in_flight - 1))
+        if protocol == "event" and call is not None:
+            self._processed(call, seconds, failure)
+            return
+        key = (protocol, endpoint, failure)
+        child = self._servers.get(key)
+        if child is None:
+            child = self._servers[key] = self.server_calls.labels(
+                protocol, endpoint, _status_name(failure), failure
+            )
+        child.observe(seconds)
 
-    async def _process(self, call: Call, next: Next) -> Any:
-        started = time.perf_counter()
+    def _processed(self, call: Call, seconds: float, failure: str) -> None:
         topic, group = call.endpoint, self._group(call.rpc)
         event = call.state.get("event")
         sent_at = _timestamp(event.time) if event is not None else None
-        if sent_at is not None:
-            self._consumer(self.lag, topic, group).observe(max(0.0, time.time() - sent_at))
-        in_flight = self._in_flight
-        if in_flight is not None:
-            in_flight.inc()
-        error = ""
-        try:
-            return await next(call)
-        except BaseException as exc:
-            error = _error_type(exc)
-            raise
-        finally:
-            if in_flight is not None:
-                in_flight.dec()
-            self._consumer(self.processed, topic, group, error).observe(
-                time.perf_counter() - started
-            )
+        if sent_at is not None:  # from publication to when handling began
+            lag = time.time() - seconds - sent_at
+            self._consumer(self.lag, topic, group).observe(max(0.0, lag))
+        self._consumer(self.processed, topic, group, failure).observe(seconds)
 
     async def call(self, call: ClientCall, next: ClientNext) -> Any:
         """The client wrapper: times every outgoing call, and every publish."""

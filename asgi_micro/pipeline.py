@@ -53,6 +53,7 @@ __all__ = [
     "Call",
     "Host",
     "Next",
+    "Observer",
     "Pipeline",
     "Stats",
     "Wrapper",
@@ -145,6 +146,9 @@ Next = Callable[[Call], Awaitable[Any]]
 """The rest of the pipeline, as a wrapper calls it: ``await next(call)``."""
 Wrapper = Callable[[Call, Next], Awaitable[Any]]
 """A server wrapper: ``async def wrapper(call: Call, next: Next) -> Any``."""
+Observer = Callable[["Call | None", str, str, float, "BaseException | None"], None]
+"""Told of every call once it ended: ``observer(call, protocol, endpoint, seconds, error)``;
+``call`` is ``None`` on a fast path that built none, ``error`` what the call raised."""
 
 
 class Host(Protocol):
@@ -189,10 +193,12 @@ class Pipeline:
     def __init__(self, host: Host | None = None) -> None:
         self.host = host
         self.wrappers: tuple[Wrapper, ...] = ()
+        self.observers: tuple[Observer, ...] = ()
         self.stats = Stats()
         self.draining = False
         self.frozen = False  # set once the service serves: wrappers are in place by then
         self._handlers: dict[RPC, Next] = {}
+        self._direct: dict[tuple[RPC, str], Callable[[Any], Awaitable[Any]]] = {}
         self._idle: asyncio.Event | None = None
 
     def wrap(self, wrapper: Wrapper) -> Wrapper:
@@ -206,6 +212,22 @@ class Pipeline:
         self._handlers.clear()
         return wrapper
 
+    def observe(self, observer: Observer) -> Observer:
+        """Add an observer: told of every call once it ended, outside every wrapper (what a
+        wrapper refuses is observed too). Unlike a wrapper it leaves the fast paths in place,
+        which is what makes measuring every call cheap (``asgi_micro.metrics``)."""
+        if self.frozen:
+            raise RuntimeError("add observers before the service starts serving")
+        self.observers = (*self.observers, observer)
+        self._handlers.clear()
+        self._direct.clear()
+        return observer
+
+    @property
+    def wrapped(self) -> bool:
+        """Whether anything runs around the handlers: a wrapper or an observer."""
+        return bool(self.wrappers or self.observers)
+
     # -- running calls ------------------------------------------------------------------------
 
     def handler(self, rpc: RPC) -> Next:
@@ -215,23 +237,45 @@ class Pipeline:
             found = self._handlers[rpc] = self.chain(_invoker(rpc, self.host))
         return found
 
-    def direct(self, rpc: RPC) -> Callable[[Any], Awaitable[Any]] | None:
-        """The handler of ``rpc`` itself when the pipeline puts nothing around it (no
-        wrappers, no dependencies, the request its one parameter): then the request is all a
-        call needs, and an entry point may skip building the ``Call``. ``None`` otherwise."""
+    def direct(self, rpc: RPC, protocol: str = "http") -> Callable[[Any], Awaitable[Any]] | None:
+        """The handler of ``rpc`` itself when no wrapper is around it and it needs nothing but
+        its request (no dependencies, the request its one parameter): then the request is all
+        a call over ``protocol`` needs, and an entry point may skip building the ``Call``; the
+        observers are told of it all the same. ``None`` otherwise."""
         if self.wrappers or rpc.server_streaming or not rpc.plain:
             return None
-        return rpc.handler
+        if not self.observers:
+            return rpc.handler
+        key = (rpc, protocol)
+        found = self._direct.get(key)
+        if found is None:
+            found = self._direct[key] = _observed(rpc.handler, protocol, rpc.name, self.observers)
+        return found
 
     def chain(self, handler: Next) -> Next:
-        """``handler`` behind the wrappers."""
-        return compose(self.wrappers, handler)
+        """``handler`` behind the observers and the wrappers."""
+        if not self.observers:
+            return compose(self.wrappers, handler)
+        return compose((self._observing, *self.wrappers), handler)
 
     async def run(self, call: Call, handler: Next) -> Any:
-        """Run ``call`` through the wrappers, then ``handler``."""
-        if not self.wrappers:
+        """Run ``call`` through the observers and the wrappers, then ``handler``."""
+        if not self.wrapped:
             return await handler(call)
-        return await compose(self.wrappers, handler)(call)
+        return await self.chain(handler)(call)
+
+    async def _observing(self, call: Call, next: Next) -> Any:
+        started = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            return await next(call)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            for observer in self.observers:
+                observer(call, call.protocol, call.endpoint, elapsed, error)
 
     # -- accounting ---------------------------------------------------------------------------
 
@@ -295,6 +339,30 @@ def _link(
         return wrapper(call, inner)
 
     return step
+
+
+def _observed(
+    handler: Callable[[Any], Awaitable[Any]],
+    protocol: str,
+    endpoint: str,
+    observers: Sequence[Observer],
+) -> Callable[[Any], Awaitable[Any]]:
+    """``handler`` on a fast path, with ``observers`` told of each call."""
+
+    async def observed(request: Any) -> Any:
+        started = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            return await handler(request)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            for observer in observers:
+                observer(None, protocol, endpoint, elapsed, error)
+
+    return observed
 
 
 def check_wrapper(wrapper: Any) -> None:

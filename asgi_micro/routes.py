@@ -55,7 +55,7 @@ def _plain_routes(routes: Any) -> Iterator[BaseRoute]:
 def _through_wrappers(route: BaseRoute, handle: Any) -> Any:
     async def handle_wrapped(scope: Scope, receive: Receive, send: Send) -> None:
         host = service_of(scope)
-        if host is None or not host.pipeline.wrappers:
+        if host is None or not host.pipeline.wrapped:
             await handle(scope, receive, send)
             return
         websocket = scope["type"] == "websocket"

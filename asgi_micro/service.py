@@ -203,10 +203,11 @@ class Service(Lifecycle):
         if self.tracing is not None:
             self.pipeline.wrap(self.tracing.server)
         self.metrics = Metrics(self, on=settings.metrics if metrics is None else metrics)
-        """Prometheus metrics at ``/_micro/metrics`` (``asgi_micro.metrics``); a server wrapper
-        outside auth's, so that it counts the calls auth refuses too."""
+        """Prometheus metrics at ``/_micro/metrics`` (``asgi_micro.metrics``); an observer of
+        the pipeline, outside every wrapper (it counts the calls auth refuses too) and leaving
+        the fast paths in place."""
         if self.metrics.on:
-            self.pipeline.wrap(self.metrics.serve)
+            self.pipeline.observe(self.metrics.served)
         if self.guard.on:
             self.pipeline.wrap(self.guard.enforce)
             self.guard.teacher = self._jwks_of
@@ -391,7 +392,7 @@ class Service(Lifecycle):
         if self.grpc_server is not None:
             self.grpc_server.prepare(self.app)
         self._endpoints = None
-        if self.pipeline.wrappers:
+        if self.pipeline.wrapped:
             wrap_plain_routes(self.app)
         self.pipeline.frozen = True
 

@@ -265,7 +265,7 @@ async def test_metrics_off(monkeypatch: pytest.MonkeyPatch) -> None:
     app = greeter(f"quiet-{uuid.uuid4().hex[:6]}", MemoryRegistry(), port)
     service: Service = app.state.service
     assert not service.metrics.on
-    assert service.pipeline.wrappers == ()  # the RPCs keep their fast path
+    assert service.pipeline.observers == ()
     async with serve(app, port=port) as address, httpx.AsyncClient() as http:
         assert (await http.post(f"http://{address}/greeter/hello", json={"name": "a"})).is_success
         response = await http.get(f"http://{address}/_micro/metrics")
@@ -276,8 +276,9 @@ async def test_metrics_off(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_metrics_are_on_by_default_and_outside_auth() -> None:
     service = Service("plain", registry=MemoryRegistry(), store="memory://", auth="jwt://")
     assert service.metrics.on
-    wrappers = service.pipeline.wrappers
-    assert wrappers.index(service.metrics.serve) < wrappers.index(service.guard.enforce)
+    # An observer, outside every wrapper (auth's refusals are counted), fast paths kept.
+    assert service.pipeline.observers == (service.metrics.served,)
+    assert service.pipeline.wrappers == (service.guard.enforce,)
     assert not Service("off", registry=MemoryRegistry(), metrics=False).metrics.on
 
 

@@ -178,7 +178,7 @@ def method_handler(
     # The wrappers are in place once the service serves: what the pipeline makes of this RPC
     # is known for good then (before, as in a test that serves by hand, it is asked each call).
     frozen = pipeline.frozen
-    direct = pipeline.direct(rpc) if frozen else None
+    direct = pipeline.direct(rpc, "grpc") if frozen else None
     chain = pipeline.handler(rpc) if frozen else None
 
     async def serve(incoming: Any, call: Any) -> bytes | None:

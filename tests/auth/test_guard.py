@@ -141,8 +141,8 @@ async def test_zero_config_is_open_and_says_so(
         grpc=False,
     )
     assert not service.guard.on
-    # Auth puts nothing in the way: the metrics' wrapper is the only one.
-    assert service.pipeline.wrappers == (service.metrics.serve,)
+    assert service.pipeline.wrappers == ()  # nothing in the way of the fast paths
+    assert service.pipeline.observers == (service.metrics.served,)  # which metrics keep
     with caplog.at_level(logging.WARNING):
         async with serve(app_of(service)) as address:
             assert "auth is open" in caplog.text
