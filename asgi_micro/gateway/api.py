@@ -629,10 +629,14 @@ class Gateway:
             if remaining is not None:
                 millis = max(1, int((budget if budget is not None else remaining) * 1000))
                 headers.append((b"micro-timeout", str(millis).encode()))
-            if route.method == "HEAD":  # no body to stream
-                return await transport.request(
-                    node.host, node.port, "HEAD", route.target, headers=headers, timeout=budget
-                )
+            if route.method == "HEAD" or kind == "unary":  # one reply: read it whole
+                answered = await transport.request(
+                    node.host, node.port, route.method, route.target, headers=headers,
+                    body=body, timeout=budget,
+                )  # fmt: skip
+                if idempotent and answered.status in RETRYABLE_STATUSES:
+                    raise _error_from(answered.status, answered.body, route.service)
+                return answered
             opening = transport.open_stream(
                 node.host, node.port, route.method, route.target, headers=headers, body=body,
                 timeout=budget if kind != "http" else remaining,
@@ -670,12 +674,13 @@ class Gateway:
             response: Response | StreamingResponse = await compose(client.wrappers, deliver)(call)
         else:
             response = await deliver(call)
-        if isinstance(response, Response):  # the head of a HEAD, with the length a GET would have
+        if isinstance(response, Response):  # a whole reply, or the head of a HEAD
             headers = _end_to_end(response.headers)
             await send(
                 {"type": "http.response.start", "status": response.status, "headers": headers}
             )
-            await send({"type": "http.response.body", "body": b""})
+            body = b"" if route.method == "HEAD" else response.body
+            await send({"type": "http.response.body", "body": body})
             return
         try:
             await _relay(send, response)
