@@ -143,7 +143,7 @@ class Guard:
         await self.load_rules()
         self._tasks = [
             asyncio.create_task(self._refresh_identity(), name=f"auth identity {self.service}"),
-            asyncio.create_task(self._refresh_rules(), name=f"auth rules {self.service}"),
+            asyncio.create_task(self.follow_rules(), name=f"auth rules {self.service}"),
         ]
         logger.info(
             "%s: auth on (%s); %d rule(s) in force, default %s",
@@ -309,13 +309,14 @@ class Guard:
                 logger.warning("%s: could not renew its token", self.service, exc_info=True)
                 await asyncio.sleep(1.0)
 
-    async def _refresh_rules(self) -> None:
-        """The rules, and the key ring: a rotation elsewhere is signed with here within one
-        ``rules_refresh``."""
+    async def follow_rules(self) -> None:
+        """Read the rules and the key ring again every ``rules_refresh``, until cancelled: a
+        rotation elsewhere is signed with here (by a started guard, which has an identity)
+        within one ``rules_refresh``. A gateway, which has none, runs this alone."""
         while True:
             await asyncio.sleep(self.rules_refresh)
             try:
-                if self.auth.reload_keys():
+                if self.auth.reload_keys() and self._tasks:
                     self._mint()
                     self._proof = None
                 await self.load_rules()

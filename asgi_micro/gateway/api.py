@@ -75,6 +75,7 @@ from ..limits import DEFAULT_MAX_MESSAGE_SIZE
 from ..naming import IDEMPOTENT_METHODS
 from ..openapi import ERROR_SCHEMA, ERROR_SCHEMA_NAME
 from ..pipeline import compose
+from ..plugins import Lifecycle
 from ..registry import Endpoint, Registry
 from ..responses import read_body, send_error, send_response
 from ..types import Receive, Scope, Send
@@ -332,7 +333,7 @@ def _pattern(path: str) -> re.Pattern[str]:
 # -- the gateway --------------------------------------------------------------------------------
 
 
-class Gateway:
+class Gateway(Lifecycle):
     """The gateway's state and its ASGI app: the catalogue of endpoints, the client that calls
     them, the guard with auth on and the rate limiter. ``gateway()`` wraps it in CORS.
 
@@ -392,7 +393,9 @@ class Gateway:
             if self.guard is not None:
                 await self.guard.auth.start()
                 await self.guard.load_rules()
-                self._rules = asyncio.create_task(self._keep_rules(), name="api gateway rules")
+                self._rules = asyncio.create_task(
+                    self.guard.follow_rules(), name="api gateway rules"
+                )
             await self.catalogue.start()
             self._started = True
             logger.info("API gateway: %d service(s); auth %s", len(self.routes), self._auth_state())
@@ -411,13 +414,6 @@ class Gateway:
             self._rules = None
         if self.guard is not None:
             await self.guard.auth.stop()
-
-    async def __aenter__(self) -> Gateway:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Any) -> AsyncIterator[None]:
@@ -539,17 +535,6 @@ class Gateway:
         if self.guard is None:
             return "off"
         return f"on ({len(self.guard.rules)} rule(s), default {self.guard.default})"
-
-    async def _keep_rules(self) -> None:
-        """The rules and the key ring, read again as a service's guard reads them."""
-        assert self.guard is not None
-        while True:
-            await asyncio.sleep(self.rules_refresh)
-            try:
-                self.guard.auth.reload_keys()
-                await self.guard.load_rules()
-            except Exception:  # the store is away: the rules known last stay in force
-                logger.warning("could not reload the auth rules", exc_info=True)
 
     # -- POST /rpc ----------------------------------------------------------------------------
 

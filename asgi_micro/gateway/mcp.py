@@ -35,7 +35,6 @@ import logging
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Final, Literal
 
 import mcp_types as types
@@ -56,6 +55,7 @@ from ..auth.guard import Guard
 from ..auth.rules import Access, Resource, decide, refuse
 from ..client import Client, ClientCall, ClientNext
 from ..errors import MicroError
+from ..plugins import Lifecycle
 from ..registry import Endpoint, Registry
 from .catalogue import Catalogue, Endpoints
 
@@ -136,7 +136,7 @@ def _route(service: str, endpoint: Endpoint) -> ToolRoute | None:
     return ToolRoute(service, endpoint.name, stream == "server", tool)
 
 
-class MCPGateway:
+class MCPGateway(Lifecycle):
     """An MCP server whose tools are the registry's RPC endpoints.
 
     ``auth`` turns auth on (rules decide, for ``auth_default`` as a service's guard does);
@@ -156,7 +156,7 @@ class MCPGateway:
         rules_refresh: float = 5.0,
     ) -> None:
         self.guard = (
-            Guard(auth, service=GATEWAY, on=True, default=auth_default)
+            Guard(auth, service=GATEWAY, on=True, default=auth_default, rules_refresh=rules_refresh)
             if auth is not None and auth.enabled
             else None
         )
@@ -189,7 +189,7 @@ class MCPGateway:
         if self.guard is not None and self._rules is None:
             await self.guard.auth.start()
             await self.guard.load_rules()
-            self._rules = asyncio.create_task(self._keep_rules(), name="mcp gateway rules")
+            self._rules = asyncio.create_task(self.guard.follow_rules(), name="mcp gateway rules")
         elif self.guard is None and self.token is not None:
             logger.warning("auth is off: the token given is not passed on to services")
         await self.catalogue.start()
@@ -203,18 +203,6 @@ class MCPGateway:
                 await self._rules
             self._rules = None
             await self.guard.auth.stop()
-
-    async def __aenter__(self) -> MCPGateway:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     def initialization_options(self) -> InitializationOptions:
         return self.server.create_initialization_options(NotificationOptions(tools_changed=True))
@@ -307,17 +295,6 @@ class MCPGateway:
         assert self.guard is not None
         resource = Resource("service", route.service, route.endpoint)
         refuse(decide(self.guard.rules, account, resource), account, resource, reason)
-
-    async def _keep_rules(self) -> None:
-        """The rules and the key ring, read again as a service's guard reads them."""
-        assert self.guard is not None
-        while True:
-            await asyncio.sleep(self.rules_refresh)
-            try:
-                self.guard.auth.reload_keys()
-                await self.guard.load_rules()
-            except Exception:  # the store is away: the rules known last stay in force
-                logger.warning("could not reload the auth rules", exc_info=True)
 
     # -- tools changing -----------------------------------------------------------------------
 
