@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PROCESSES = 5
 INCREMENTS = 200
 REDIS_URL = "redis://127.0.0.1:6379/0"
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 EXPIRY_SLACK = {"etcd": 2.0}
 """Seconds past its TTL that a backend may keep a dead holder's lease, by URL scheme: etcd
 grants leases of 2 s at the least and looks for expired ones every 0.5 s."""
@@ -81,10 +82,16 @@ async def children(*commands: list[str]) -> AsyncIterator[list[Child]]:
             await asyncio.wait_for(child.reader, timeout=10)
 
 
-@pytest.fixture(params=["store", "redis", "etcd"])
+@pytest.fixture(params=["store", "postgresql", "redis", "etcd"])
 async def sync_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     if request.param == "store":
         yield f"sqlite:///{tmp_path / 'locks.db'}"
+        return
+    if request.param == "postgresql":
+        # The lock table of the default store table, shared with other runs: the lock names
+        # are this test's own, and their rows (one per name) stay, as their tokens must.
+        require_server("PostgreSQL", "127.0.0.1", 5432)
+        yield POSTGRES_URL
         return
     if request.param == "etcd":
         etcd = "etcd://" + request.getfixturevalue("etcd_url").removeprefix("http://")
