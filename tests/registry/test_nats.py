@@ -312,8 +312,8 @@ async def test_a_node_registered_while_the_watch_subscribes_is_seen(bucket: str)
 async def test_a_node_there_before_the_watch_is_reported_when_it_expires(bucket: str) -> None:
     service = make_service(unique())
     async with opened(bucket) as [registry, observer]:
-        await registry.register(service, ttl=2)
-        await asyncio.sleep(1.2)  # older than the watch's allowance for clock skew
+        await registry.register(service, ttl=4)
+        await asyncio.sleep(2.5)  # older, by 1.5 s, than the watch's allowance for clock skew
         async with contextlib.aclosing(observer.watch(service.name)) as stream:
             event = await asyncio.wait_for(anext(stream), 5)
         assert (event.type, node_ids([event.service])) == (EventType.DELETE, node_ids([service]))
