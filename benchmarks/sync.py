@@ -9,7 +9,10 @@ beside a raw client doing the same steps on its own lock name:
 - ``sqlite``/``postgresql``: the lock table's statements (``StoreSync.statements``) on an
   aiosqlite connection (the store's PRAGMAs) or an asyncpg connection;
 - ``redis``: redis-py running the same acquire (INCR + SET PX) and release scripts, and, as
-  ``redis-setnx``, the textbook lock with no fencing token: ``SET NX PX`` + the Lua release.
+  ``redis-setnx``, the textbook lock with no fencing token: ``SET NX PX`` + the Lua release;
+- ``etcd``: aetcd running the textbook etcd lock (grant a lease, a transaction that puts the
+  key only if it does not exist, revoke the lease), against an etcd of the run's own (Debian's
+  ``etcd-server``) unless ``--etcd`` names one.
 
 Each round runs the (engine, side) pairs in shuffled order for ``--seconds`` each; the ratio
 is the median over rounds of asgi-micro/raw ops/s, so drift between rounds cancels out.
@@ -19,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -38,6 +43,7 @@ from asgi_micro.sync import Sync
 from asgi_micro.sync.store import StoreSync
 
 Op = Callable[[], Awaitable[None]]
+ROOT = str(Path(__file__).resolve().parents[1])  # for tests.etcd
 WARMUP_OPS = 50
 
 
@@ -75,11 +81,47 @@ async def sql_ops(url: str, raw: Callable[[str, tuple[Any, ...]], Awaitable[Any]
     return {"asgi-micro": through(sync), "raw": raw_op}
 
 
+async def etcd_ops(
+    url: str, servers: contextlib.ExitStack, cleanup: list[Callable[[], Awaitable[object]]]
+) -> dict[str, Op]:
+    import aetcd
+    from asgi_micro_etcd.sync import EtcdSync
+
+    if not url:
+        sys.path.insert(0, ROOT)
+        from tests.etcd import etcd_server
+
+        url = servers.enter_context(etcd_server()).replace("http://", "etcd://")
+    prefix = f"/bench-{uuid.uuid4().hex[:8]}/"
+    sync = EtcdSync.from_url(f"{url}?prefix={prefix}sync/")
+    await sync.start()
+    cleanup.append(sync.stop)
+    host, _, port = url.removeprefix("etcd://").partition(":")
+    client = aetcd.Client(host=host, port=int(port))
+    await client.connect()
+    cleanup.insert(0, client.close)
+    key, owner = f"{prefix}raw".encode(), uuid.uuid4().hex.encode()
+    ops = aetcd.Transactions()
+
+    async def textbook() -> None:
+        lease = await client.lease(10)
+        taken, _ = await client.transaction(
+            compare=[ops.create(key) == 0],
+            success=[ops.put(key, owner, lease=lease)],
+            failure=[],
+        )
+        assert taken
+        await client.revoke_lease(lease.id)
+
+    return {"asgi-micro": through(sync), "raw": textbook}
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--seconds", type=float, default=0.3)
-    parser.add_argument("--engines", nargs="+", default=["sqlite", "postgresql", "redis"])
+    parser.add_argument("--engines", nargs="+", default=["sqlite", "postgresql", "redis", "etcd"])
+    parser.add_argument("--etcd", default="", help="etcd://host:port (default: start one)")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args()
@@ -87,6 +129,7 @@ async def main() -> None:
     engines: dict[str, dict[str, Op]] = {}
     cleanup: list[Callable[[], Awaitable[object]]] = []
     directory = tempfile.TemporaryDirectory(prefix="asgi-micro-bench-sync-")
+    servers = contextlib.ExitStack()
     table = f"bench_sync_{uuid.uuid4().hex[:8]}"
     try:
         if "sqlite" in args.engines:
@@ -149,6 +192,8 @@ async def main() -> None:
 
             engines["redis"] = {"asgi-micro": through(redis_sync), "raw": scripts}
             engines["redis-setnx"] = {"asgi-micro": through(redis_sync), "raw": set_nx}
+        if "etcd" in args.engines:
+            engines["etcd"] = await etcd_ops(args.etcd, servers, cleanup)
 
         rates: dict[tuple[str, str], list[float]] = {}
         ratios: dict[str, list[float]] = {engine: [] for engine in engines}
@@ -175,6 +220,7 @@ async def main() -> None:
     finally:
         for step in cleanup:
             await step()
+        servers.close()
         directory.cleanup()
 
 

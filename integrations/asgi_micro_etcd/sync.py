@@ -52,6 +52,7 @@ DEFAULT_PREFIX: Final = "/micro/sync/"
 CLAIMS_TTL: Final = 10
 """Seconds the etcd lease of this object's claims lives past its last refresh."""
 _LOST_CONNECTION: Final = (aetcd.ConnectionFailedError, aetcd.ConnectionTimeoutError)
+_MAX_POLLING: Final = 4096
 ops: Final = aetcd.Transactions()
 """Builders of transaction compares and operations (no connection)."""
 
@@ -78,6 +79,7 @@ class EtcdSync(Sync):
         self._etcd = client
         self._connecting = asyncio.Lock()
         self._lease_ids: dict[tuple[str, str, int], int] = {}  # (name, owner, token) -> lease
+        self._polling: set[tuple[str, str]] = set()  # (name, owner) of waiters that found it held
         self._claims_lease: int | None = None
         self._claims_lease_due = 0.0  # time.monotonic() when it wants a refresh
 
@@ -133,6 +135,23 @@ class EtcdSync(Sync):
 
     async def _acquire(self, name: str, owner: str, ttl: float) -> int | None:
         key, claim_key = self.lock_key(name), self.claim_key(name)
+        if (name, owner) not in self._polling:
+            # A first attempt takes the lock at once if it is free and unclaimed, as the
+            # textbook etcd lock does; only a waiter that found it taken looks first.
+            lease = await self._call("lease", _seconds(ttl))
+            taken, responses = await self._call(
+                "transaction",
+                compare=[ops.create(key) == 0, ops.create(claim_key) == 0],
+                success=[ops.put(key, owner.encode(), lease=lease.id), ops.get(key)],
+                failure=[],
+            )
+            if taken:
+                return self._took(name, owner, lease.id, responses[1][0][1].create_revision)
+            await self._revoke(lease.id)
+            if len(self._polling) >= _MAX_POLLING:  # left by waiters that gave up
+                self._polling.clear()
+            self._polling.add((name, owner))
+            return None
         # A look first, so that a waiter polling a held lock costs etcd no lease.
         free, responses = await self._call(
             "transaction", compare=[ops.create(key) == 0], success=[ops.get(claim_key)], failure=[]
@@ -161,8 +180,11 @@ class EtcdSync(Sync):
         if not taken:  # someone got in between the look and the take
             await self._revoke(lease.id)
             return None
-        token: int = responses[2][0][1].create_revision
-        self._lease_ids[(name, owner, token)] = lease.id
+        return self._took(name, owner, lease.id, responses[2][0][1].create_revision)
+
+    def _took(self, name: str, owner: str, lease_id: int, token: int) -> int:
+        self._polling.discard((name, owner))
+        self._lease_ids[(name, owner, token)] = lease_id
         return token
 
     async def _claim(self, name: str, owner: str, since: float, claim: float) -> bool:
