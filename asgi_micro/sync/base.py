@@ -16,8 +16,9 @@ holder is the leader; its lease is the leader's term.
 Waiting is fair: a waiter that finds the lock held claims to be next, and the claim goes to
 whoever has waited longest. While a live claim stands, only its claimant may take the freed
 lock, so a holder that releases and asks again at once cannot starve the others; the claimant
-polls every few milliseconds, and a claim lapses ``CLAIM`` seconds after its claimant last
-asked, so a waiter that died or gave up holds a free lock back for at most that long.
+polls every few milliseconds. A claim is a write, so a waiter claims from its second retry on,
+and renews its claim every ``CLAIM / 3``; a claim lapses ``CLAIM`` seconds after it was last
+renewed, so a waiter that died or gave up holds a free lock back for at most that long.
 
 A backend implements ``_acquire``, ``_claim``, ``_renew`` and ``_release``, each one atomic
 step.
@@ -164,6 +165,8 @@ class Sync(Pluggable):
         deadline = None if wait is None else time.monotonic() + wait
         since = time.time()  # wall clock: waiters in other processes compare it
         pause = _POLL_FIRST
+        claimed_at: float | None = None  # when this waiter last made sure it is next
+        attempts = 0
         while True:
             sent = time.monotonic()
             token = await self._acquire(name, owner, ttl)
@@ -172,7 +175,15 @@ class Sync(Pluggable):
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 raise LockTimeout(f"lock {name!r} not acquired within {wait}s", id=SYNC_ID)
-            next_in_line = await self._claim(name, owner, since, CLAIM)
+            attempts += 1
+            # A claim is a write: not for a wait that ends at the first retry, and while this
+            # waiter holds one, renewed only as it nears its lapse (a longer waiter may take it
+            # meanwhile; the acquire then fails and the claim is looked at again).
+            if claimed_at is None or now - claimed_at > CLAIM / 3:
+                claimed_at = None
+                if attempts > 1 and await self._claim(name, owner, since, CLAIM):
+                    claimed_at = now
+            next_in_line = claimed_at is not None
             pause = min(pause * 2, _POLL_MAX, ttl / 4)
             delay = (_POLL_CLAIMANT if next_in_line else pause) * random.uniform(0.5, 1.0)
             if deadline is not None:  # jitter above: waiters do not poll in step

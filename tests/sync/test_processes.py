@@ -126,11 +126,20 @@ async def test_killed_and_paused_holders_lose_no_increment(sync_url: str, tmp_pa
     name = f"counter/{uuid.uuid4().hex[:8]}"
     commands = [["counter", sync_url, store_url, name, str(INCREMENTS)] for _ in range(PROCESSES)]
     commands[0].append("5")  # killed while it holds the lock
-    commands[1].append("15")  # paused past its TTL while it holds the lock
+    commands[1].append("+15")  # paused past its TTL while it holds the lock
+    # The second victim starts counting once the first is killed: one that reached its hold
+    # first would hold the lock (waiting for the test) while the test waits for the first.
     async with children(*commands) as running:
         killed, paused, others = running[0], running[1], running[2:]
-        await until(lambda: killed.first("holding"), "the first victim to hold the lock", 60)
+        try:
+            await until(lambda: killed.first("holding"), "the first victim to hold the lock", 60)
+        except AssertionError as exc:  # say how far each got
+            progress = [(len(acks(c)), c.process.returncode) for c in running]
+            raise AssertionError(f"{exc}; (acks, exit code) of each: {progress}") from None
         killed.signal(signal.SIGKILL)
+        assert paused.process.stdin is not None
+        paused.process.stdin.write(b"start\n")
+        await paused.process.stdin.drain()
         await until(lambda: paused.first("holding"), "the second victim to hold the lock", 60)
         paused.signal(signal.SIGSTOP)
         stale = paused.first("holding")["holding"]  # type: ignore[index]

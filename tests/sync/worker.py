@@ -3,7 +3,8 @@
 ``counter SYNC_URL STORE_URL NAME COUNT [VICTIM_AT]``: adds one to a counter in the store COUNT
 times, each under the lock NAME with a fenced write, and prints each acknowledged increment with
 the time it held the lock; at increment VICTIM_AT it prints ``holding`` and waits for a line on
-stdin, so that the test can stop or kill it while it holds the lock, before it writes.
+stdin, so that the test can stop or kill it while it holds the lock, before it writes; a
+VICTIM_AT of ``+N`` waits for a line on stdin before it starts counting, too.
 
 ``leader SYNC_URL NAME``: campaigns for leadership of NAME and, while leader, checks its term
 and prints ``acting`` every 50 ms; prints ``lost`` when the check fails.
@@ -34,8 +35,12 @@ def say(**event: Any) -> None:
     sys.stdout.flush()
 
 
-async def counter(sync_url: str, store_url: str, name: str, count: int, victim_at: int) -> None:
+async def counter(
+    sync_url: str, store_url: str, name: str, count: int, victim_at: int, *, held_back: bool
+) -> None:
     async with sync_from_url(sync_url) as sync, store_from_url(store_url) as store:
+        if held_back:  # starts counting when the test says so
+            await asyncio.to_thread(sys.stdin.readline)
         for i in range(count):
             async with sync.lock(name, ttl=TTL, wait=60) as lease:
                 start = time.time()
@@ -79,6 +84,7 @@ if __name__ == "__main__":
     if role == "counter":
         sync_url, store_url, name, count, *victim = args
         victim_at = int(victim[0]) if victim else -1
-        asyncio.run(counter(sync_url, store_url, name, int(count), victim_at))
+        held_back = bool(victim) and victim[0].startswith("+")
+        asyncio.run(counter(sync_url, store_url, name, int(count), victim_at, held_back=held_back))
     else:
         asyncio.run(leader(*args))
