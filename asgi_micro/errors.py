@@ -113,6 +113,16 @@ class MicroError(Exception):
         detail = data if isinstance(data, str) else orjson.dumps(data).decode()
         return error_for_status(status_code)(detail, id=id)
 
+    @staticmethod
+    def from_body(status: int, body: bytes, *, id: str = "") -> MicroError:
+        """The error an HTTP answer of ``status`` carries: our shape in JSON, any other JSON,
+        or text (an empty body says who answered what)."""
+        try:
+            data: Any = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            data = body.decode("utf-8", "replace") or f"{id or 'the server'} answered {status}"
+        return MicroError.from_dict(data, status_code=status, id=id)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.detail!r}, id={self.id!r})"
 

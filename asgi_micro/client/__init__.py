@@ -298,7 +298,7 @@ class Client:
                     raise BadGateway(
                         f"{service} sent a reply that does not decode: {exc.detail}", id=CLIENT_ID
                     ) from None
-            raise _error_from(response.status, response.body, service)
+            raise MicroError.from_body(response.status, response.body, id=service)
 
         return await self._attempts(call, attempt, idempotent, options)
 
@@ -477,8 +477,8 @@ class Client:
             node.host, node.port, method, path, headers=headers, body=body, timeout=remaining
         ) as response:
             if not 200 <= response.status < 300:
-                raise _error_from(
-                    response.status, b"".join([chunk async for chunk in response]), service
+                raise MicroError.from_body(
+                    response.status, b"".join([chunk async for chunk in response]), id=service
                 )
             pending = b""
             async for chunk in response:
@@ -745,14 +745,6 @@ def _route(endpoint: str, records: list[ServiceRecord]) -> tuple[str, str, bool]
                     metadata.get("idempotent") == "true",
                 )
     return "POST", default_path(endpoint), False
-
-
-def _error_from(status: int, body: bytes, service: str) -> MicroError:
-    try:
-        data: Any = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        data = body.decode("utf-8", "replace") or f"{service} answered {status}"
-    return MicroError.from_dict(data, status_code=status, id=service)
 
 
 _END = object()

@@ -620,7 +620,7 @@ class Gateway(Lifecycle):
                     body=body, timeout=budget,
                 )  # fmt: skip
                 if idempotent and answered.status in RETRYABLE_STATUSES:
-                    raise _error_from(answered.status, answered.body, route.service)
+                    raise MicroError.from_body(answered.status, answered.body, id=route.service)
                 return answered
             opening = transport.open_stream(
                 node.host, node.port, route.method, route.target, headers=headers, body=body,
@@ -642,7 +642,7 @@ class Gateway(Lifecycle):
                     answer = b"".join([chunk async for chunk in response])
                 finally:
                     await response.aclose()
-                raise _error_from(response.status, answer, route.service)
+                raise MicroError.from_body(response.status, answer, id=route.service)
             return response
 
         async def deliver(call: ClientCall) -> Response | StreamingResponse:
@@ -928,14 +928,6 @@ async def _relay(send: Send, response: StreamingResponse) -> None:
         logger.info("%s: reply cut short: %s", response, exc)
         return
     await send({"type": "http.response.body", "body": b""})
-
-
-def _error_from(status: int, body: bytes, service: str) -> MicroError:
-    try:
-        data: Any = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        data = body.decode("utf-8", "replace") or f"{service} answered {status}"
-    return MicroError.from_dict(data, status_code=status, id=service)
 
 
 # -- the app ------------------------------------------------------------------------------------
