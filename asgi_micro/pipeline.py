@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 C = TypeVar("C")
-CallProtocol = Literal["http", "websocket", "grpc", "event"]
+CallProtocol = Literal["http", "websocket", "grpc", "event", "local"]
 
 
 class BaseCall:
@@ -106,7 +106,8 @@ class Call(BaseCall):
     """One incoming call, as wrappers and the handler's dependencies see it.
 
     ``endpoint`` is the name the registry lists; ``protocol`` is ``http``, ``websocket``,
-    ``grpc`` or ``event``; ``kind`` is ``unary``, ``server`` (a stream of replies), ``client``
+    ``grpc``, ``event`` or ``local`` (a call from the same process, ``asgi_micro.local``);
+    ``kind`` is ``unary``, ``server`` (a stream of replies), ``client``
     (a stream of requests) or ``bidi``; ``content_type`` is the request's media type on the
     wire (``application/json``, ``application/protobuf``, ``application/grpc``...).
     ``request`` is the decoded request (``None`` for a plain HTTP route, whose parameters

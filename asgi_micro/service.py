@@ -31,6 +31,7 @@ from starlette.middleware.errors import ServerErrorMiddleware
 
 from . import auth as auth_module
 from . import broker as broker_module
+from . import local
 from . import registry as registry_module
 from . import store as store_module
 from . import sync as sync_module
@@ -273,6 +274,55 @@ class Service(Lifecycle):
             return backend
         return given
 
+    def rebind(
+        self,
+        *,
+        registry: Registry | str | None = None,
+        store: Store | str | None = None,
+        broker: Broker | str | None = None,
+        sync: Sync | str | None = None,
+        database: Database | str | None = None,
+    ) -> None:
+        """Before it starts, use other backends than those chosen when it was made: what
+        ``asgi_micro.testing.Cluster`` does to run users' services on in-memory ones. Backends
+        built from a URL that depend on a replaced one (the embedded broker and auth on the
+        registry and the store, locks on the store) are built again from their URL; the
+        replaced ones were never started, so nothing is left running."""
+        if self._started:
+            raise RuntimeError(f"{self.name}: rebind a service before it starts")
+        name = self.name
+
+        def again(old: Any, given: Any, from_url: Any, parts: Parts) -> Any:
+            if given is None and not (old in self._owned and old.url):
+                return old
+            if old in self._owned:
+                self._owned.remove(old)
+            return self._backend(given or old.url, from_url, parts)
+
+        self.registry = again(self.registry, registry, registry_module.from_url, Parts(service=name))
+        self.registrar.registry = self.registry
+        self._store_backend = again(
+            self._store_backend,
+            store,
+            store_module.from_url,
+            Parts(service=name, registry=self.registry),
+        )
+        self.database = again(self.database, database, Database.from_url, Parts(service=name))
+        uses_both = Parts(service=name, registry=self.registry, store=self._store_backend)
+        self.sync = again(self.sync, sync, sync_module.from_url, uses_both)
+        self.broker = again(self.broker, broker, broker_module.from_url, uses_both)
+        if not self.broker.source:
+            self.broker.source = name
+        if isinstance(self.broker, Embeddable):
+            self.broker.embed(self)
+        auth = again(self.auth, None, auth_module.from_url, uses_both)
+        self.auth = self.guard.auth = auth
+        if self.config is not None and self.config in self._owned:
+            self._owned.remove(self.config)
+            self.config = Config(self.config.model, sources=default_sources(store=self.store))
+            self._owned.append(self.config)
+        self._client = None
+
     # -- wrappers -----------------------------------------------------------------------------
 
     def wrap(self, wrapper: Wrapper) -> Wrapper:
@@ -337,6 +387,8 @@ class Service(Lifecycle):
                 await self._stop_parts()
                 raise
             self.pipeline.reset()
+            if self.app is not None:
+                local.serve(self.id, self, self.app)  # calls from this process skip sockets
             self._started = True
 
     async def stop(self) -> None:
@@ -347,6 +399,7 @@ class Service(Lifecycle):
                 return
             await self._withdraw()
             await self._wait_in_flight()
+            local.withdraw(self.id)
             if self._client is not None:
                 await self._client.aclose()
                 self._client = None

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     body_timeout: PositiveFloat = DEFAULT_BODY_TIMEOUT
     max_connections: PositiveInt = DEFAULT_MAX_CONNECTIONS
     metrics: bool = True
+    local_calls: bool = True
+    """``MICRO_LOCAL_CALLS``: a call to a node served in the same process skips sockets and
+    codecs (``asgi_micro.local``)."""
     tracing: bool | None = None
     """``MICRO_TRACING``: spans of every call (``asgi_micro.tracing``); unset, tracing is on
     when the ``OTEL_*`` environment asks for traces."""

@@ -5,6 +5,10 @@ a DNS-SD service type no other test, test run or user's service shares): a greet
 another shell, or the same suite running beside this one, is invisible to it. Subprocesses the
 test starts inherit the domain through ``MICRO_REGISTRY``. Services under test keep their
 records in memory unless a test chooses a store.
+
+The suite tests the wire: calls between services in the test's process go over loopback
+(``MICRO_LOCAL_CALLS=false``), as they would between processes. The tests of in-process calls
+(``tests/test_local.py``, ``asgi_micro.testing.Cluster``'s) turn them on for themselves.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from tests.helpers import new_mdns_domain
 os.environ.pop("MICRO_REGISTRY", None)
 os.environ["MICRO_STORE"] = "memory://"
 os.environ["MICRO_DATABASE"] = "sqlite://"
+os.environ["MICRO_LOCAL_CALLS"] = "false"
 
 
 @pytest.fixture(autouse=True)

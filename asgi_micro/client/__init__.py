@@ -30,6 +30,7 @@ import httpx
 import orjson
 from pydantic import BaseModel
 
+from .. import local
 from ..codec import JSON, MessageType, codec_for_content_type, message_type
 from ..context import Context, current_context
 from ..errors import (
@@ -75,6 +76,8 @@ class Client:
     ``retries`` is the number of extra attempts a failed call may make, ``strategy`` one of
     ``random`` (default), ``round_robin``, ``least_outstanding``, ``p2c`` or a ``Strategy``;
     ``policies`` hold targets to timeouts, retries, breakers... (``asgi_micro.client.policies``).
+    ``local`` (default: ``MICRO_LOCAL_CALLS``, on) calls a node this process serves in process,
+    without sockets or codecs (``asgi_micro.local``).
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class Client:
         identity: Callable[[], str | None] | None = None,
         trusts: Callable[[str, Node], bool] | None = None,
         policies: Policies | None = None,
+        local: bool | None = None,
     ) -> None:
         if retries < 0:
             raise ValueError("retries must be >= 0")
@@ -116,6 +120,12 @@ class Client:
         self.guards = Guards(policies or Policies())
         self.cache = RegistryCache(registry, refresh=cache_refresh, error_id=CLIENT_ID)
         self.transport = transport or HTTPTransport()
+        if local is None:
+            from ..settings import Settings
+
+            local = Settings().local_calls
+        self.local = local
+        """Whether a node served in this process is called in process."""
         self._owns_transport = transport is None
         self._by_address: dict[str, ServiceRecord] = {}
         self._grpc: GrpcTransport | None = None
@@ -254,7 +264,13 @@ class Client:
                 service=service,
             )
 
-        return await self._attempts(call, attempt, idempotent, options, usable=_serves_grpc)
+        return await self._attempts(
+            call,
+            self._here(call, attempt, response_model),
+            idempotent,
+            options,
+            usable=_serves_grpc,
+        )
 
     async def _http_unary(
         self,
@@ -300,7 +316,30 @@ class Client:
                     ) from None
             raise MicroError.from_body(response.status, response.body, id=service)
 
-        return await self._attempts(call, attempt, idempotent, options)
+        return await self._attempts(
+            call, self._here(call, attempt, response_model), idempotent, options
+        )
+
+    def _here(
+        self,
+        call: ClientCall,
+        attempt: Callable[[Node, float | None], Awaitable[Any]],
+        response_model: type[Any] | None,
+    ) -> Callable[[Node, float | None], Awaitable[Any]]:
+        """``attempt``, except on a node this process serves: there the call is made in
+        process (``asgi_micro.local``) when the endpoint allows it."""
+        if not (self.local and local.served()) or call.address is not None:
+            return attempt
+        reply_type = None if response_model is None else message_type(response_model)
+
+        def here_or_there(node: Node, remaining: float | None) -> Awaitable[Any]:
+            served = local.node(node.id)
+            rpc = None if served is None else served.rpc(call.endpoint)
+            if served is None or rpc is None:
+                return attempt(node, remaining)
+            return served.call(rpc, call.request, call.context, reply_type, remaining)
+
+        return here_or_there
 
     async def _attempts(
         self,

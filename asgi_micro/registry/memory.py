@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import weakref
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from .base import Event, EventType, Node, Registry, Service
 
@@ -22,25 +24,51 @@ class _Entry:
     expiry: asyncio.TimerHandle | None
 
 
-class MemoryRegistry(Registry):
-    """Keeps records in this object; share one instance to let several services see each other."""
+@dataclass(eq=False)
+class _Hub:
+    """The records that the registries of one name share."""
 
-    def __init__(self) -> None:
-        self.url = "memory://"
-        # (service name, version) -> node id -> entry
-        self._nodes: dict[tuple[str, str], dict[str, _Entry]] = {}
-        self._watchers: set[tuple[str | None, asyncio.Queue[Event]]] = set()
+    # (service name, version) -> node id -> entry
+    nodes: dict[tuple[str, str], dict[str, _Entry]] = field(default_factory=dict)
+    watchers: set[tuple[str | None, asyncio.Queue[Event]]] = field(default_factory=set)
+
+
+_hubs: weakref.WeakValueDictionary[str, _Hub] = weakref.WeakValueDictionary()
+
+
+class MemoryRegistry(Registry):
+    """Keeps records in this process: ``memory://`` in this object alone (share the instance
+    to let several services see each other), ``memory://<name>`` in every registry of that
+    name in the process (what services built from the same URL share). Stopping one forgets
+    the nodes it registered."""
+
+    def __init__(self, name: str = "") -> None:
+        self.url = f"memory://{name}"
+        hub = _hubs.get(name) if name else None
+        if hub is None:
+            hub = _Hub()
+            if name:
+                _hubs[name] = hub
+        self._hub = hub
+        self._nodes = hub.nodes
+        self._watchers = hub.watchers
+        self._own: set[tuple[str, str, str]] = set()
 
     @classmethod
     def from_url(cls, url: str, *, parts: Parts | None = None) -> MemoryRegistry:
-        return cls()
+        split = urlsplit(url)
+        if split.scheme != "memory" or split.path not in ("", "/") or split.query:
+            raise ValueError(f"a memory registry URL is memory:// or memory://<name>, got {url!r}")
+        return cls(split.netloc)
 
     async def stop(self) -> None:
-        for entries in self._nodes.values():
-            for entry in entries.values():
-                if entry.expiry is not None:
-                    entry.expiry.cancel()
-        self._nodes.clear()
+        for name, version, node_id in list(self._own):
+            entry = self._nodes.get((name, version), {}).pop(node_id, None)
+            if entry is not None and entry.expiry is not None:
+                entry.expiry.cancel()
+            if not self._nodes.get((name, version), True):
+                del self._nodes[(name, version)]
+        self._own.clear()
 
     async def register(self, service: Service, *, ttl: float | None = None) -> None:
         if ttl is not None and ttl <= 0:
@@ -56,6 +84,7 @@ class MemoryRegistry(Registry):
             if ttl is not None:
                 expiry = loop.call_later(ttl, self._expire, service.name, service.version, node.id)
             entries[node.id] = _Entry(record, expiry)
+            self._own.add((service.name, service.version, node.id))
             if previous is None:
                 self._notify(EventType.CREATE, record)
             elif previous.service != record:
@@ -101,6 +130,7 @@ class MemoryRegistry(Registry):
         if not entries or node_id not in entries:
             return
         entry = entries.pop(node_id)
+        self._own.discard((name, version, node_id))
         if entry.expiry is not None:
             entry.expiry.cancel()
         if not entries:
