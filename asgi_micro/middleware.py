@@ -75,6 +75,9 @@ class Served(Introspectable, Protocol):
 
 
 class MicroMiddleware:
+    """Pure ASGI middleware that makes ``app`` the served app of ``service``: lifespan,
+    ``/_micro/`` routes, metadata and deadlines in, Go Micro's error shape out."""
+
     def __init__(self, app: ASGIApp, *, service: Served) -> None:
         self.app = app
         self.service = service

@@ -117,7 +117,7 @@ class Registrar:
     async def start(self) -> None:
         """Register now when the address is known (a bad one raises here), else once the
         server listens; then keep the node registered."""
-        known = self.node.address if self.node is not None else self.address
+        known = self.address if self.address is not None else getattr(self.node, "address", None)
         if known is not None:  # configured, or started again after a stop: the same node
             await self._announce(known)
             await self._register()
@@ -156,10 +156,11 @@ class Registrar:
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"{self.name}: the address must be host:port, got {address!r}")
-        if self.node is None:
+        advertised = _advertised(address)
+        if self.node is None or self.node.address != advertised:  # new, or moved on a restart
             self.node = Node(
                 id=self.node_id,
-                address=_advertised(address),
+                address=advertised,
                 metadata={
                     **self.metadata,
                     "server": f"asgi-micro/{__version__}",

@@ -86,6 +86,12 @@ class Part(Protocol):
 
 
 class Service(Lifecycle):
+    """A named, versioned micro service: a small facade over its parts (registry, store,
+    config, database, sync, auth, broker, metrics, events, gRPC server, registrar), each from
+    an argument, else a ``MICRO_*`` variable, else the embedded default. They start in order
+    and stop in reverse after a drain. Serve an app with ``FastAPI(lifespan=service.lifespan)``
+    or ``app.add_middleware(MicroMiddleware, service=service)``."""
+
     def __init__(
         self,
         name: str,
@@ -282,15 +288,26 @@ class Service(Lifecycle):
         broker: Broker | str | None = None,
         sync: Sync | str | None = None,
         database: Database | str | None = None,
-    ) -> None:
+    ) -> dict[str, Any]:
         """Before it starts, use other backends than those chosen when it was made: what
         ``asgi_micro.testing.Cluster`` does to run users' services on in-memory ones. Backends
         built from a URL that depend on a replaced one (the embedded broker and auth on the
         registry and the store, locks on the store) are built again from their URL; the
-        replaced ones were never started, so nothing is left running."""
+        replaced ones were never started, so nothing is left running. Returns what it replaced
+        (URLs for the backends the service built), for ``rebind(**previous)`` to go back."""
         if self._started:
             raise RuntimeError(f"{self.name}: rebind a service before it starts")
         name = self.name
+        previous = {
+            part: backend.url if backend in self._owned and "***" not in backend.url else backend
+            for part, backend in (
+                ("registry", self.registry),
+                ("store", self._store_backend),
+                ("broker", self.broker),
+                ("sync", self.sync),
+                ("database", self.database),
+            )
+        }
 
         def again(old: Any, given: Any, from_url: Any, parts: Parts) -> Any:
             if given is None and not (old in self._owned and old.url):
@@ -299,7 +316,9 @@ class Service(Lifecycle):
                 self._owned.remove(old)
             return self._backend(given or old.url, from_url, parts)
 
-        self.registry = again(self.registry, registry, registry_module.from_url, Parts(service=name))
+        self.registry = again(
+            self.registry, registry, registry_module.from_url, Parts(service=name)
+        )
         self.registrar.registry = self.registry
         self._store_backend = again(
             self._store_backend,
@@ -307,7 +326,8 @@ class Service(Lifecycle):
             store_module.from_url,
             Parts(service=name, registry=self.registry),
         )
-        self.database = again(self.database, database, Database.from_url, Parts(service=name))
+        if database is not None:  # its URL hides a password: never built again from it
+            self.database = again(self.database, database, Database.from_url, Parts(service=name))
         uses_both = Parts(service=name, registry=self.registry, store=self._store_backend)
         self.sync = again(self.sync, sync, sync_module.from_url, uses_both)
         self.broker = again(self.broker, broker, broker_module.from_url, uses_both)
@@ -322,6 +342,7 @@ class Service(Lifecycle):
             self.config = Config(self.config.model, sources=default_sources(store=self.store))
             self._owned.append(self.config)
         self._client = None
+        return previous
 
     # -- wrappers -----------------------------------------------------------------------------
 

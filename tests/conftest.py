@@ -21,6 +21,9 @@ import pytest
 from tests.etcd import etcd_server
 from tests.helpers import new_mdns_domain
 
+# The fixtures a user's suite gets from asgi-micro (tests/testing uses them as a user would).
+pytest_plugins = ["asgi_micro.testing.plugin"]
+
 os.environ.pop("MICRO_REGISTRY", None)
 os.environ["MICRO_STORE"] = "memory://"
 os.environ["MICRO_DATABASE"] = "sqlite://"

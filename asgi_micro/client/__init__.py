@@ -24,7 +24,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload
 
 import httpx
 import orjson
@@ -59,7 +59,7 @@ from .selector import Strategy, candidates, strategy_named
 if TYPE_CHECKING:
     from .grpc import GrpcTransport
 
-__all__ = ["CLIENT_ID", "Client", "ClientCall", "ClientNext", "ClientWrapper"]
+__all__ = ["CLIENT_ID", "Client", "ClientCall", "ClientNext", "ClientWrapper", "Faults"]
 # CLIENT_ID stays importable from here, where it always was.
 
 T = TypeVar("T")
@@ -68,6 +68,17 @@ TRUST_WAIT = 2.5
 lookup returns on the first answer, and an mDNS responder that has just answered another
 asker waits up to 1.2 s before it answers again (RFC 6762, section 6)."""
 Transport = Literal["http", "grpc"]
+
+
+class Faults(Protocol):
+    """What a test puts between a client and the nodes it calls (``asgi_micro.testing``):
+    ``before`` runs ahead of every attempt on ``node`` and may wait (a slow link), or raise
+    what the attempt would have (a refused connection, an error answer, a timeout once
+    ``seconds``, the attempt's time, are up)."""
+
+    async def before(
+        self, caller: str | None, service: str, node: Node, seconds: float | None
+    ) -> None: ...
 
 
 class Client:
@@ -129,6 +140,8 @@ class Client:
         self._owns_transport = transport is None
         self._by_address: dict[str, ServiceRecord] = {}
         self._grpc: GrpcTransport | None = None
+        self.faults: Faults | None = None
+        """Faults injected ahead of every attempt, in tests (``asgi_micro.testing.Cluster``)."""
 
     @overload
     async def call(
@@ -582,6 +595,8 @@ class Client:
             cut = budget is not None and (remaining is None or budget < remaining)
             sent_at = outliers.sent(node)
             try:
+                if self.faults is not None:
+                    await self.faults.before(self.caller, service, node, budget)
                 result = await attempt(node, budget)
             except MicroError as exc:
                 if _node_failed(exc):

@@ -4,6 +4,10 @@
 suites that every backend of the core and of ``integrations/`` passes: subclass one in your
 tests, say how to open your backend, and pytest runs the whole suite against it. The helpers
 here are what those suites wait with.
+
+``Cluster`` (``asgi_micro.testing.cluster``) runs your own services in process on in-memory
+backends, with faults to inject, and ``asgi_micro.testing.plugin`` gives pytest fixtures for
+it (``pytest_plugins = ["asgi_micro.testing.plugin"]``).
 """
 
 from __future__ import annotations
@@ -12,9 +16,12 @@ import asyncio
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-__all__ = ["eventually", "free_port", "until"]
+if TYPE_CHECKING:
+    from .cluster import Cluster, ClusterNode
+
+__all__ = ["Cluster", "ClusterNode", "eventually", "free_port", "until"]
 
 T = TypeVar("T")
 
@@ -52,3 +59,12 @@ async def until(check: Callable[[], object], what: str, timeout: float = 30.0) -
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+def __getattr__(name: str) -> Any:
+    # The cluster imports the whole framework; the conformance kits need none of it.
+    if name in ("Cluster", "ClusterNode"):
+        from . import cluster
+
+        return getattr(cluster, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
