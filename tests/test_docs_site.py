@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from asgi_micro import service as service_module
+from tests.browser import chromium, require_chromium
 from tests.test_docs import ROOT
-from tests.web.test_browser import chromium, require_chromium
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -8,11 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -21,49 +20,13 @@ import pytest
 
 from asgi_micro.registry import Node
 from asgi_micro.registry import Service as ServiceRecord
-from tests.helpers import IN_CI, eventually, free_port, mdns
+from tests.browser import chromium, require_chromium
+from tests.helpers import eventually, free_port, mdns
 from tests.processes import ASGI_MICRO, GREETER, ROOT, environment, serving
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 T = TypeVar("T")
-
-
-def require_chromium() -> None:
-    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not shutil.which(path)]
-    if not missing:
-        return
-    message = f"{', '.join(missing)} missing (apt-get install chromium chromium-driver)"
-    if IN_CI:
-        pytest.fail(f"{message}; .ci/run must install it", pytrace=False)
-    pytest.skip(message)
-
-
-@contextlib.contextmanager
-def chromium(profile: Path) -> Iterator[object]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service as DriverService
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-proxy-server",  # every address here is on loopback
-        "--window-size=1280,1400",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=DriverService(CHROMEDRIVER), options=options)
-    try:
-        driver.set_page_load_timeout(60)
-        yield driver
-    finally:
-        driver.quit()
 
 
 @contextlib.asynccontextmanager
