@@ -7,7 +7,12 @@ A client that finds no path for an endpoint in the registry goes by the same con
 
 from __future__ import annotations
 
-__all__ = ["IDEMPOTENT_METHODS", "default_path", "method_name"]
+import re
+
+__all__ = ["IDEMPOTENT_METHODS", "SERVICE_NAME", "default_path", "method_name"]
+
+SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+"""A service's name: letters, digits, '.', '_' and '-', starting with a letter or digit."""
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 """HTTP methods whose requests may be sent twice with the effect of once (RFC 9110)."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -48,6 +47,7 @@ from .grpc import GrpcServer, service_package
 from .messages import message_type
 from .metrics import Metrics
 from .middleware import MicroMiddleware
+from .naming import SERVICE_NAME
 from .openapi import use_served_openapi
 from .pipeline import Pipeline, Stats, Wrapper
 from .plugins import Lifecycle, Parts
@@ -74,7 +74,6 @@ logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class Part(Protocol):
@@ -119,7 +118,7 @@ class Service(Lifecycle):
         metrics: bool | None = None,
         tracing: bool | TracerProvider | Tracing | None = None,
     ) -> None:
-        if not _NAME.fullmatch(name):
+        if not SERVICE_NAME.fullmatch(name):
             raise ValueError(f"a service name is letters, digits, '.', '_' and '-', got {name!r}")
         settings = Settings()
         self.name = name
