@@ -4,6 +4,8 @@ A FastAPI or Starlette app becomes a registered micro service: its handlers are 
 and gRPC, it finds and calls other services by name, and it gets a store, auth, config and locks.
 """
 
+from typing import Any
+
 from . import errors
 from .__about__ import __version__
 from .client import Client, ClientCall, ClientNext, ClientWrapper
@@ -24,8 +26,20 @@ __all__ = [
     "MicroRouter",
     "Next",
     "Service",
+    "ServiceGroup",
     "Wrapper",
     "__version__",
     "current_context",
     "errors",
+    "serve",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``ServiceGroup`` and ``serve`` (``asgi_micro.group``), imported on first use: they
+    bring uvicorn, which an app served by another server does not need."""
+    if name in ("ServiceGroup", "serve"):
+        from . import group
+
+        return getattr(group, name)
+    raise AttributeError(f"module 'asgi_micro' has no attribute {name!r}")

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from .rpc import RPC
     from .types import ASGIApp
 
-__all__ = ["PROTOCOL", "LocalNode", "node", "serve", "withdraw"]
+__all__ = ["PROTOCOL", "LocalNode", "node", "serve", "served", "withdraw"]
 
 logger = logging.getLogger(__name__)
 

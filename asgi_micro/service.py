@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import types
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -68,12 +69,11 @@ if TYPE_CHECKING:
 
     from .client import Client
 
-__all__ = ["Part", "Service", "Settings", "Stats"]
+__all__ = ["Part", "Service", "Settings", "Stats", "service_of_app"]
 
 logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
-
 
 
 class Part(Protocol):
@@ -628,3 +628,29 @@ def _install_middleware(app: Any, service: Service) -> None:
         stack.app = MicroMiddleware(stack.app, service=service)
     else:
         app.middleware_stack = MicroMiddleware(stack, service=service)
+
+
+def service_of_app(app: Any) -> Service | None:
+    """The ``Service`` of ``app``: the one its ``MicroMiddleware`` got, or the one whose
+    ``lifespan`` it runs (``FastAPI(lifespan=service.lifespan)``); ``None`` when neither."""
+    for middleware in getattr(app, "user_middleware", ()):
+        service = middleware.kwargs.get("service")
+        if isinstance(service, Service):
+            return service
+    return _bound_service(getattr(getattr(app, "router", None), "lifespan_context", None), 0)
+
+
+def _bound_service(value: Any, depth: int) -> Service | None:
+    """The service a lifespan is a bound method of, looked for through the closures that
+    FastAPI wraps lifespans in (``include_router`` merges them)."""
+    owner = getattr(value, "__self__", None)
+    if isinstance(owner, Service):
+        return owner
+    if depth > 4 or not isinstance(value, types.FunctionType) or value.__closure__ is None:
+        return None
+    for cell in value.__closure__:
+        with contextlib.suppress(ValueError):  # an empty cell
+            found = _bound_service(cell.cell_contents, depth + 1)
+            if found is not None:
+                return found
+    return None

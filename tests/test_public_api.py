@@ -11,6 +11,9 @@ def _isort_order(name: str) -> tuple[int, str]:
 
 
 MODULES = [
+    "asgi_micro.group",
+    "asgi_micro.local",
+    "asgi_micro.testing.cluster",
     "asgi_micro.client.http",
     "asgi_micro.client.httpx_transport",
     "asgi_micro.store",

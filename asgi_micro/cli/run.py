@@ -1,4 +1,8 @@
-"""``asgi-micro run APP``: serve an app with uvicorn; its service registers itself.
+"""``asgi-micro run APP...``: serve an app with uvicorn; its service registers itself.
+
+With several apps (``asgi-micro run a.py b.py``) they share one process and one event loop
+(``asgi_micro.group``): each gets a server and a node of its own, the first on ``--port`` and
+the next ones on the ports after it (each on any free port with ``--port 0``).
 
 It serves with ``asgi_micro.server.MicroHttpProtocol`` (uvicorn's httptools protocol with the
 limits of ``asgi_micro.limits``), and puts the limits it was given in the environment as the
@@ -9,8 +13,10 @@ find them: one ``--max-message-size`` for bodies, WebSocket messages and gRPC me
 from __future__ import annotations
 
 import copy
+import logging.config
 import os
-from typing import Annotated, Any
+import sys
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -21,8 +27,11 @@ from ..limits import (
     DEFAULT_MAX_HEADER_SIZE,
     DEFAULT_MAX_MESSAGE_SIZE,
 )
-from .apps import check_importable, locate_app
+from .apps import check_importable, import_app, locate_app, service_of
 from .common import errors
+
+if TYPE_CHECKING:
+    from ..service import Service
 
 __all__ = ["log_config", "run"]
 
@@ -30,11 +39,17 @@ _PROTOCOL = "asgi_micro.server:MicroHttpProtocol"
 
 
 def run(
-    target: Annotated[
-        str, typer.Argument(metavar="APP", help="module:attr, or a file path (attr 'app').")
+    targets: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="APP",
+            help="module:attr, or a file path (attr 'app'); several share one process.",
+        ),
     ],
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    port: Annotated[
+        int, typer.Option(help="HTTP port; the next apps take the next ones (0: any free).")
+    ] = 8000,
     reload: Annotated[bool, typer.Option(help="Restart when code changes (development).")] = False,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     max_message_size: Annotated[
@@ -85,18 +100,10 @@ def run(
     ] = DEFAULT_MAX_CONNECTIONS,
 ) -> None:
     """Serve APP with uvicorn (uvloop, httptools); the service registers itself and says
-    where."""
-    import uvicorn
-
-    try:
-        import_string, app_dir = locate_app(target)
-        check_importable(import_string, app_dir)
-    except typer.BadParameter as exc:  # one line, not a usage box: the APP is all that is wrong
-        errors.print(f"asgi-micro run: {exc.message}")
-        raise typer.Exit(2) from None
-    if port:
-        # Tell the service what it serves on, so it registers before the first request.
-        os.environ.setdefault("MICRO_ADDRESS", f"{host}:{port}")
+    where. Several APPs share one process, each on its own port with its own node."""
+    if reload and len(targets) > 1:
+        _fail("--reload serves one APP; run the others in a shell of their own", 2)
+    located = [_locate(target) for target in targets]
     os.environ.update(
         MICRO_MAX_MESSAGE_SIZE=str(max_message_size),
         MICRO_MAX_HEADER_SIZE=str(max_header_size),
@@ -104,6 +111,15 @@ def run(
         MICRO_BODY_TIMEOUT=str(body_timeout),
         MICRO_MAX_CONNECTIONS=str(max_connections),
     )
+    if len(targets) > 1:
+        _run_group(targets, host, port, keep_alive_timeout, log_level)
+        return
+    import uvicorn
+
+    [(import_string, app_dir)] = located
+    if port:
+        # Tell the service what it serves on, so it registers before the first request.
+        os.environ.setdefault("MICRO_ADDRESS", f"{host}:{port}")
     uvicorn.run(
         import_string,
         host=host,
@@ -118,6 +134,62 @@ def run(
         log_level=log_level,
         log_config=log_config(log_level),
     )
+
+
+def _locate(target: str) -> tuple[str, str]:
+    """``locate_app``, refusing an APP that is not there in one line, not a usage box (the
+    APP is all that is wrong), before a server starts."""
+    try:
+        import_string, app_dir = locate_app(target)
+        check_importable(import_string, app_dir)
+    except typer.BadParameter as exc:
+        _fail(exc.message, 2)
+    return import_string, app_dir
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    errors.print(f"asgi-micro run: {message}")
+    raise typer.Exit(code)
+
+
+def _run_group(
+    targets: list[str], host: str, port: int, keep_alive_timeout: int, log_level: str
+) -> None:
+    """Serve the apps in one process (``asgi_micro.group``) until SIGINT or SIGTERM."""
+    from ..group import GroupError, serve
+
+    _configure_logging(log_level)
+    apps = [_app_with_service(target) for target in targets]
+    try:
+        serve(*apps, host=host, ports=port, keep_alive_timeout=keep_alive_timeout)
+    except (GroupError, ValueError) as exc:
+        _fail(str(exc), 1)
+
+
+def _app_with_service(target: str) -> tuple[Any, Service | None]:
+    """The app ``target`` names, imported as uvicorn would (its directory stays on the path,
+    for the imports its handlers make later), and its service."""
+    from ..service import service_of_app
+
+    import_string, app_dir = locate_app(target)
+    if app_dir not in sys.path:
+        sys.path.insert(0, app_dir)
+    try:
+        app = import_app(target)
+    except typer.BadParameter as exc:
+        _fail(exc.message, 2)
+    # Its middleware's or lifespan's, else the one Service its module holds.
+    return app, service_of_app(app) or service_of(app, sys.modules[import_string.partition(":")[0]])
+
+
+def _configure_logging(level: str) -> None:
+    """What ``uvicorn.run`` does with ``log_config`` and ``log_level``, once for every server
+    of a group."""
+    from uvicorn.config import LOG_LEVELS
+
+    logging.config.dictConfig(log_config(level))
+    for name in ("uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
+        logging.getLogger(name).setLevel(LOG_LEVELS[level.lower()])
 
 
 def log_config(level: str) -> dict[str, Any]:

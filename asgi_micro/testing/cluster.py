@@ -35,8 +35,6 @@ cluster's services as a test would from outside (faults apply to it too).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import types
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -49,6 +47,7 @@ from ..errors import CLIENT_ID, ConnectionFailed, Timeout, error_for_status
 from ..registry import Node
 from ..registry.memory import MemoryRegistry
 from ..service import Service
+from ..service import service_of_app as find_service
 from ..store.memory import MemoryStore
 from ..sync.memory import MemorySync
 from . import free_port
@@ -341,34 +340,14 @@ class Cluster:
 
 
 def service_of_app(app: Any) -> Service:
-    """The ``Service`` of ``app``: the one its ``MicroMiddleware`` got, or the one whose
-    ``lifespan`` it runs (``FastAPI(lifespan=service.lifespan)``)."""
-    for middleware in getattr(app, "user_middleware", ()):
-        service = middleware.kwargs.get("service")
-        if isinstance(service, Service):
-            return service
-    found = _bound_service(getattr(getattr(app, "router", None), "lifespan_context", None), 0)
+    """The ``Service`` of ``app`` (``asgi_micro.service.service_of_app``), or a
+    ``TypeError`` saying to pass it along."""
+    found = find_service(app)
     if found is None:
         raise TypeError(
             f"cannot tell the Service of {app!r}: pass it as (app, service) to the Cluster"
         )
     return found
-
-
-def _bound_service(value: Any, depth: int) -> Service | None:
-    """The service a lifespan is a bound method of, looked for through the closures that
-    FastAPI wraps lifespans in (``include_router`` merges them)."""
-    owner = getattr(value, "__self__", None)
-    if isinstance(owner, Service):
-        return owner
-    if depth > 4 or not isinstance(value, types.FunctionType) or value.__closure__ is None:
-        return None
-    for cell in value.__closure__:
-        with contextlib.suppress(ValueError):  # an empty cell
-            found = _bound_service(cell.cell_contents, depth + 1)
-            if found is not None:
-                return found
-    return None
 
 
 def _with_service(app: ASGIApp | tuple[ASGIApp, Service]) -> tuple[ASGIApp, Service]:
