@@ -58,11 +58,13 @@ from .selector import Strategy, candidates, strategy_named
 
 if TYPE_CHECKING:
     from .grpc import GrpcTransport
+    from .typed import TypedClient
 
 __all__ = ["CLIENT_ID", "Client", "ClientCall", "ClientNext", "ClientWrapper", "Faults"]
 # CLIENT_ID stays importable from here, where it always was.
 
 T = TypeVar("T")
+TC = TypeVar("TC", bound="TypedClient")
 TRUST_WAIT = 2.5
 """Seconds a call waits for a node whose registration verifies when only others are known: a
 lookup returns on the first answer, and an mDNS responder that has just answered another
@@ -233,6 +235,12 @@ class Client:
             )
         return await self._run(outgoing, unary)
 
+    def typed(self, cls: type[TC], **options: Any) -> TC:
+        """An instance of a generated typed client (``asgi-micro client``) calling through this
+        client: ``service.client.typed(GreeterClient)``; ``options`` go to its constructor
+        (``transport``, ``version``)."""
+        return cls(self, **options)
+
     def wrap(self, wrapper: ClientWrapper) -> ClientWrapper:
         """Add a client wrapper: it sees every outgoing ``call``, ``stream`` and ``http()``
         request (see ``asgi_micro.client.calls``); the first added is the outermost. Usable as
@@ -298,12 +306,15 @@ class Client:
         if codec is None:
             raise ValueError(f"no codec for content type {content_type!r}")
         reply_type = None if response_model is None else message_type(response_model)
-        body = codec.encode({} if call.request is None else call.request)
         records = await self._records(service, call.address)
         method, path, idempotent = _route(call.endpoint, records)
         base_headers = [("content-type", codec.content_type), ("accept", codec.content_type)]
+        body: bytes | None = None  # encoded for the first attempt that goes over the wire
 
         async def attempt(node: Node, remaining: float | None) -> Any:
+            nonlocal body
+            if body is None:
+                body = codec.encode({} if call.request is None else call.request)
             response = await self.transport.request(
                 node.host,
                 node.port,
