@@ -11,6 +11,8 @@ def _isort_order(name: str) -> tuple[int, str]:
 
 
 MODULES = [
+    "asgi_micro.client.codegen",
+    "asgi_micro.client.typed",
     "asgi_micro.group",
     "asgi_micro.local",
     "asgi_micro.testing.cluster",

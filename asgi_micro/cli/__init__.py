@@ -13,10 +13,12 @@ from .api import api
 from .apps import import_app, locate_app
 from .asyncapi import asyncapi
 from .auth import app as auth_app
+from .client import client
 from .config import app as config_app
 from .doctor import doctor
 from .events import publish, subscribe
 from .mcp import mcp
+from .new import new
 from .proto import proto
 from .run import run
 from .services import call, describe, health, services
@@ -52,6 +54,8 @@ for command in (
     mcp,
     web,
     api,
+    client,
+    new,
 ):
     app.command()(command)
 app.add_typer(store_app, name="store", help="Read and write the store.")

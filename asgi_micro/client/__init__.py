@@ -55,6 +55,7 @@ from .outliers import OutlierDetector, unavailable_answer
 from .policies import Policies
 from .retry import Backoff, retryable
 from .selector import Strategy, candidates, strategy_named
+from .typed import typed as bind_typed
 
 if TYPE_CHECKING:
     from .grpc import GrpcTransport
@@ -235,11 +236,12 @@ class Client:
             )
         return await self._run(outgoing, unary)
 
-    def typed(self, cls: type[TC], **options: Any) -> TC:
-        """An instance of a generated typed client (``asgi-micro client``) calling through this
-        client: ``service.client.typed(GreeterClient)``; ``options`` go to its constructor
-        (``transport``, ``version``)."""
-        return cls(self, **options)
+    def typed(
+        self, cls: type[TC], *, transport: Transport = "http", version: str | None = None
+    ) -> TC:
+        """A generated client (``asgi-micro client SERVICE``) calling through this one:
+        ``service.client.typed(GreeterClient)``."""
+        return bind_typed(self, cls, transport=transport, version=version)
 
     def wrap(self, wrapper: ClientWrapper) -> ClientWrapper:
         """Add a client wrapper: it sees every outgoing ``call``, ``stream`` and ``http()``
