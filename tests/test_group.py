@@ -28,7 +28,7 @@ from asgi_micro.group import GroupError, ServiceGroup
 from asgi_micro.registry import Registry
 from tests.group_apps.peers import peer
 from tests.helpers import eventually, mdns
-from tests.processes import ASGI_MICRO, ROOT, Server, asgi_micro, environment
+from tests.processes import ASGI_MICRO, ROOT, Server, asgi_micro, environment, serving
 
 PING = "tests/group_apps/ping.py"
 PONG = "tests/group_apps/pong.py"
@@ -52,13 +52,8 @@ def own_memory_registry(monkeypatch: pytest.MonkeyPatch) -> str:
 @contextlib.asynccontextmanager
 async def pong_elsewhere() -> AsyncIterator[Server]:
     """``pong`` served by ``asgi-micro run`` in a process of its own."""
-    server = Server(PONG, ASGI_MICRO, ())
-    try:
-        await server.start()
-        await server.ready()
+    async with serving(PONG) as [server]:
         yield server
-    finally:
-        await server.close()
 
 
 async def ask(http: httpx.AsyncClient, url: str, path: str, transport: str) -> dict[str, Any]:

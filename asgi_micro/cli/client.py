@@ -20,8 +20,7 @@ from ..client.codegen import class_name, generate
 from ..endpoints import endpoints_of
 from ..registry import Endpoint
 from .apps import import_app, locate_app, service_of
-from .common import DEFAULT_URL, RegistryOption, errors
-from .services import _every_node, _with_registry
+from .common import DEFAULT_URL, RegistryOption, errors, every_node, with_registry
 
 __all__ = ["client"]
 
@@ -91,7 +90,7 @@ def _from_app(target: str, name: str | None) -> tuple[str, list[Endpoint]]:
 def _from_registry(service: str, url: str, version: str | None) -> list[Endpoint]:
     """The endpoints of ``service`` that its nodes registered, at ``version`` when several
     versions run."""
-    records = _with_registry(url, lambda registry: _every_node(registry, service))
+    records = with_registry(url, lambda registry: every_node(registry, service))
     if not records:
         errors.print(
             f"error: no service {service!r} in the registry {url}: start it, "

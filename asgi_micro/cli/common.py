@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import sys
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
@@ -12,7 +14,11 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from ..registry import DEFAULT_URL
+from ..errors import MicroError
+from ..registry import DEFAULT_URL, Registry, from_url
+from ..registry import Service as ServiceRecord
+
+T = TypeVar("T")
 
 __all__ = [
     "DEFAULT_URL",
@@ -22,9 +28,11 @@ __all__ = [
     "RegistryOption",
     "console",
     "errors",
+    "every_node",
     "pairs",
     "print_json",
     "print_table",
+    "with_registry",
 ]
 
 # What these print is data (names, metadata, schemas such as "map[string]string"): never markup,
@@ -86,3 +94,29 @@ def print_table(table: Table) -> None:
         color_system=console.color_system,  # type: ignore[arg-type]
     )
     wide.print(table)
+
+
+def with_registry(url: str, action: Callable[[Registry], Awaitable[T]]) -> T:
+    """Run ``action`` on the registry ``url`` opened for it; its errors end the command in
+    one line (exit 1 for the registry's, 2 for a bad URL)."""
+
+    async def go() -> T:
+        registry = from_url(url)
+        async with registry:
+            return await action(registry)
+
+    try:
+        return asyncio.run(go())
+    except MicroError as exc:
+        errors.print_json(orjson.dumps(exc.to_dict()).decode())
+        raise typer.Exit(1) from None
+    except ValueError as exc:
+        errors.print(str(exc))
+        raise typer.Exit(2) from None
+
+
+async def every_node(registry: Registry, name: str) -> list[ServiceRecord]:
+    """``get_service`` once the registry has heard every node: a fresh mDNS registry returns
+    the first node that answers, and a tool that shows every node must not stop there."""
+    await registry.list_services()
+    return await registry.get_service(name)

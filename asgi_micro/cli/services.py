@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import enum
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Annotated, Any, Final, Literal, TypeVar
 
 import orjson
@@ -23,7 +23,7 @@ from ..auth.guard import PROOF_KEY
 from ..client import Client, ClientCall, ClientNext, ClientWrapper
 from ..client.http import HTTPTransport
 from ..errors import MicroError
-from ..registry import Node, Registry, from_url
+from ..registry import Node, Registry
 from ..registry import Service as ServiceRecord
 from .auth import AuthOption, read_secret, registration_check
 from .common import (
@@ -33,9 +33,11 @@ from .common import (
     RegistryOption,
     console,
     errors,
+    every_node,
     pairs,
     print_json,
     print_table,
+    with_registry,
 )
 
 __all__ = ["TransportName", "call", "describe", "health", "services"]
@@ -50,7 +52,7 @@ class TransportName(enum.StrEnum):
 
 def services(registry: RegistryOption = DEFAULT_URL, as_json: JsonOption = False) -> None:
     """List the services in the registry."""
-    found = _with_registry(registry, lambda r: r.list_services())
+    found = with_registry(registry, lambda r: r.list_services())
     if as_json:
         print_json([service.to_dict() for service in found])
         return
@@ -72,7 +74,7 @@ def describe(
 ) -> None:
     """Show a service's nodes, whether their registrations verify, and its endpoints with
     their schemas."""
-    found = _with_registry(registry, lambda r: _every_node(r, name))
+    found = with_registry(registry, lambda r: every_node(r, name))
     if not found:
         errors.print(f"service {name!r} not found")
         raise typer.Exit(1)
@@ -184,7 +186,7 @@ def call(
         finally:
             await client.aclose()
 
-    result = _with_registry(registry, go)
+    result = with_registry(registry, go)
     if result is not _STREAMED:
         print_json(result)
 
@@ -252,7 +254,7 @@ def health(
     async def go(reg: Registry) -> list[dict[str, str]]:
         transport = HTTPTransport()
         try:
-            services = await _every_node(reg, name)
+            services = await every_node(reg, name)
             nodes = [(service, node) for service in services for node in service.nodes]
             return list(
                 await asyncio.gather(*(_health(transport, s, n.id, n.address) for s, n in nodes))
@@ -260,7 +262,7 @@ def health(
         finally:
             await transport.aclose()
 
-    rows = _with_registry(registry, go)
+    rows = with_registry(registry, go)
     if as_json:
         print_json(rows)
     elif rows:
@@ -288,29 +290,6 @@ async def _health(
     except (MicroError, orjson.JSONDecodeError, ValueError) as exc:
         row["status"] = f"unreachable ({type(exc).__name__})"
     return row
-
-
-def _with_registry(url: str, action: Callable[[Registry], Awaitable[T]]) -> T:
-    async def go() -> T:
-        registry = from_url(url)
-        async with registry:
-            return await action(registry)
-
-    try:
-        return asyncio.run(go())
-    except MicroError as exc:
-        errors.print_json(orjson.dumps(exc.to_dict()).decode())
-        raise typer.Exit(1) from None
-    except ValueError as exc:
-        errors.print(str(exc))
-        raise typer.Exit(2) from None
-
-
-async def _every_node(registry: Registry, name: str) -> list[ServiceRecord]:
-    """``get_service`` once the registry has heard every node: a fresh mDNS registry returns
-    the first node that answers, and a tool that shows every node must not stop there."""
-    await registry.list_services()
-    return await registry.get_service(name)
 
 
 def _print_service(service: ServiceRecord, trusts: Callable[[str, Node], bool] | None) -> None:
