@@ -20,6 +20,7 @@ from asgi_micro.client import Client, ClientCall, ClientNext
 from asgi_micro.context import Context as CallContext
 from asgi_micro.fastapi import Context
 from asgi_micro.pipeline import Call, Next
+from asgi_micro.testing import until
 from tests.helpers import serve
 
 
@@ -164,11 +165,7 @@ async def test_the_deadline_and_metadata_reach_the_callee(
     with pytest.raises(errors.Timeout):
         await client.call("greeter", "Greeter.Slow", {"name": "x"}, timeout=0.3, retries=0)
     assert asyncio.get_running_loop().time() - started < 2
-    for _ in range(100):  # the callee ended the slow call too
-        if service.stats.in_flight == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert service.stats.in_flight == 0
+    await until(lambda: service.stats.in_flight == 0, "the callee to end the slow call", 2)
 
 
 async def test_a_callee_that_trusts_no_caller_takes_no_metadata() -> None:
@@ -245,20 +242,13 @@ async def test_a_caller_cancelled_cancels_the_handler_in_process(
     slow = asyncio.create_task(
         client.call("greeter", "Greeter.Slow", {"name": "x"}, timeout=10, retries=0)
     )
-    for _ in range(200):
-        if service.stats.in_flight:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: service.stats.in_flight, "the slow call to start", 2)
     assert service.stats.in_flight == 1
     slow.cancel()
     with pytest.raises(asyncio.CancelledError):
         await slow
     await client.aclose()
-    for _ in range(200):
-        if not service.stats.in_flight:
-            break
-        await asyncio.sleep(0.01)
-    assert service.stats.in_flight == 0
+    await until(lambda: service.stats.in_flight == 0, "the cancelled handler to end", 2)
 
 
 async def test_an_attempt_that_runs_out_of_its_own_time_is_the_clients_timeout(

@@ -68,16 +68,8 @@ class TypedClient:
     async def _send(
         self, endpoint: str, request: Any, timeout: float | None, metadata: Mapping[str, str] | None
     ) -> None:
-        """Call a unary endpoint that replies with nothing."""
-        await self.client.call(
-            self.service,
-            endpoint,
-            request,
-            timeout=timeout,
-            metadata=metadata,
-            version=self.version,
-            transport=self.transport,
-        )
+        """Call a unary endpoint that replies with nothing (``{}`` on the wire)."""
+        await self._call(endpoint, request, dict, timeout, metadata)
 
     def _stream(
         self,

@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field
 from typer.testing import CliRunner
 
-from asgi_micro import Service
+from asgi_micro import MicroRouter, Service
 from asgi_micro.cli import app as cli
 from asgi_micro.client.codegen import class_name, generate
 from asgi_micro.client.typed import TypedClient, typed
@@ -345,3 +345,42 @@ def test_an_app_without_rpc_endpoints_has_nothing_to_generate() -> None:
     http_only = Endpoint("GET /", metadata={"kind": "http", "method": "GET", "path": "/"})
     with pytest.raises(ValueError, match=r"^web has no RPC endpoints"):
         generate("web", [http_only], source="a test")
+
+
+class Item(BaseModel):
+    amount: int
+
+
+class Total(BaseModel):
+    total: int
+
+
+async def test_methods_without_a_reply_and_with_a_stream_of_requests_call_for_real(
+    registry_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = Service("tally", registry=registry_url)
+    api = MicroRouter("Tally")
+    seen: list[int] = []
+
+    @api.rpc()
+    async def add(req: Item) -> None:
+        seen.append(req.amount)
+
+    @api.rpc()
+    async def total(requests: AsyncIterator[Item]) -> Total:
+        return Total(total=sum([request.amount async for request in requests]))
+
+    app = FastAPI(lifespan=service.lifespan)
+    app.include_router(api)
+    async with serve(app), Service("caller", registry=registry_url) as caller:
+        await service.wait_registered()
+        [record] = await caller.registry.get_service("tally")
+        path = tmp_path / "tally_client.py"
+        path.write_text(generate("tally", record.endpoints, source="a test"), encoding="utf-8")
+        tally = caller.client.typed(load(path, monkeypatch).TallyClient)
+        generated = sys.modules["tally_client"]
+        assert await tally.add(generated.Item(amount=2)) is None
+        assert seen == [2]
+        reply = await tally.total([generated.Item(amount=n) for n in (1, 2, 3)], timeout=5.0)
+        assert isinstance(reply, generated.Total)
+        assert reply.total == 6
