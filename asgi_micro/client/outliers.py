@@ -193,10 +193,20 @@ class OutlierDetector:
         silent = (time.monotonic() if now is None else now) - max(
             activity.waiting_since, activity.answered_at
         )
-        if silent <= self.stall_after:
-            return False
+        return silent > self._silence_allowed(activity)
+
+    def silence_allowed(self, node_id: str) -> float:
+        """How long the node may leave a call unanswered, with no other answer meanwhile,
+        before it counts as stalled: ``stall_after``, or ``stall_factor`` times the bound of
+        its round trip if that is longer (a node known to be slow is given longer)."""
+        activity = self._activity.get(node_id)
+        return self.stall_after if activity is None else self._silence_allowed(activity)
+
+    def _silence_allowed(self, activity: _Activity) -> float:
         round_trip = activity.round_trip
-        return round_trip is None or silent > self.stall_factor * round_trip.bound
+        if round_trip is None:
+            return self.stall_after
+        return max(self.stall_after, self.stall_factor * round_trip.bound)
 
     def available(self, node: Node, now: float) -> bool:
         """Neither ejected nor stalled at ``now``."""

@@ -440,7 +440,7 @@ async def test_a_consumer_deleted_under_a_subscription_is_made_again(
         before = await publisher.publish("user.created", b"{}")
         await until(lambda: seen == [before], "the first event")
         [consumer] = await js.consumers_info(subscriber.stream)
-        await js.delete_consumer(subscriber.stream, consumer.name)
+        await delete_consumer(js, subscriber.stream, consumer.name)
 
         async def exists() -> bool:
             try:
@@ -455,6 +455,26 @@ async def test_a_consumer_deleted_under_a_subscription_is_made_again(
             await asyncio.sleep(0.1)
         after = await publisher.publish("user.created", b"{}")
         await until(lambda: seen == [before, after], "the event after re-creation")
+
+
+async def delete_consumer(js: JetStreamContext, stream: str, name: str) -> None:
+    """Delete a consumer once its acks are written. nats-server can fail a delete that races
+    its own write of the ack state (err_code 10051, "directory not empty"); that is the
+    server's transient error, so the delete is tried again, for a bounded time."""
+    deadline = time.monotonic() + WAIT
+    while (await js.consumer_info(stream, name)).num_ack_pending:
+        assert time.monotonic() < deadline, "the first event was never acked"
+        await asyncio.sleep(0.05)
+    while True:
+        try:
+            await js.delete_consumer(stream, name)
+            return
+        except nats.js.errors.NotFoundError:
+            return
+        except nats.js.errors.ServerError as error:
+            if error.err_code != 10051 or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
 
 
 class Proxy:

@@ -147,6 +147,9 @@ def test_a_slow_node_is_given_the_time_it_usually_takes() -> None:
     time.sleep(0.03)
     assert not detector.stalled(node)  # 30 ms without an answer: within twice its bound
     assert detector.stalled(node, now=time.monotonic() + 0.2)
+    bound = detector._activity[node.id].round_trip.bound  # type: ignore[union-attr]
+    assert detector.silence_allowed(node.id) == pytest.approx(2.0 * bound)
+    assert detector.silence_allowed("never-called") == 0.01  # nothing known: stall_after
 
 
 def test_attempt_timeouts_follow_the_endpoint_and_stay_within_the_deadline() -> None:
