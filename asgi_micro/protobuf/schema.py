@@ -34,6 +34,7 @@ from google.protobuf.descriptor import FileDescriptor
 from google.protobuf.message import Message
 from pydantic import BaseModel, RootModel
 from pydantic.errors import PydanticUndefinedAnnotation
+from pydantic.fields import FieldInfo
 
 from ..messages import MessageType
 from .convert import EMPTY, MessageConverter, generated_converter, model_converters
@@ -296,7 +297,7 @@ class ProtoSchema:
             return
         field_proto.label = _F.LABEL_REPEATED if spec.shape == "repeated" else _F.LABEL_OPTIONAL
         self._set_type(field_proto, spec.value)
-        if spec.optional:
+        if spec.optional or spec.defaulted:
             # proto3 optional is a field in a synthetic oneof named after it.
             field_proto.proto3_optional = True
             field_proto.oneof_index = len(message.oneof_decl)
@@ -389,12 +390,13 @@ class ProtoSchema:
                 raise ProtoSchemaError(
                     f"{where}: field names must be ASCII identifiers and not Python keywords"
                 )
-            spec.fields.append(self._field(where, field_name, numbers[field_name], info.annotation))
+            spec.fields.append(self._field(where, field_name, numbers[field_name], info))
             if info.description:
                 self.descriptions[f"{name}.{field_name}"] = info.description
         return spec
 
-    def _field(self, where: str, name: str, number: int, annotation: Any) -> FieldSpec:
+    def _field(self, where: str, name: str, number: int, info: FieldInfo) -> FieldSpec:
+        annotation = info.annotation
         tp, nullable = strip_optional(annotation, where)
         origin = typing.get_origin(tp)
         if tp in SEQUENCES or origin in SEQUENCES:
@@ -427,7 +429,10 @@ class ProtoSchema:
             return FieldSpec(name, number, value, shape="map", key=SCALARS[key])
         value = self._singular(where, tp)
         optional = nullable and not isinstance(value, MessageRef)
-        return FieldSpec(name, number, value, optional=optional, nullable=nullable)
+        defaulted = not nullable and _default_is_not_zero(info, value)
+        return FieldSpec(
+            name, number, value, optional=optional, nullable=nullable, defaulted=defaulted
+        )
 
     def _element(self, where: str, annotation: Any, container: Any) -> FieldValue:
         """The type of a repeated field's items or a map's values."""
@@ -498,3 +503,20 @@ def _qualified(owner: object) -> str:
     if isinstance(owner, type):
         return f"{owner.__module__}.{owner.__qualname__}"
     return str(owner)
+
+
+def _default_is_not_zero(info: FieldInfo, value: FieldValue) -> bool:
+    """Whether a scalar or enum field has a default that differs from what proto3 reads for a
+    field left out (0, "", false, the enum's number 0): then the field needs presence, so that
+    a caller leaving it out gets the default. A default factory is taken to need it."""
+    if info.is_required() or isinstance(value, MessageRef):
+        return False
+    if info.default_factory is not None:
+        return True
+    default = info.default
+    if isinstance(value, EnumSpec):
+        return not value.unspecified and value.numbers.get(default) != 0
+    if value.blank_is_unset:  # "" already reads as "not given"
+        return False
+    wire = default if value.to_wire is None or default is None else value.to_wire(default)
+    return bool(wire) or wire is None

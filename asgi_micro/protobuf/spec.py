@@ -106,7 +106,9 @@ FieldValue = Scalar | EnumSpec | MessageRef
 @dataclass(frozen=True, slots=True)
 class FieldSpec:
     """One model field. ``optional`` is proto3 ``optional`` (a nullable scalar or enum that keeps
-    its presence on the wire); ``nullable`` says the model accepts ``None``."""
+    its presence on the wire); ``nullable`` says the model accepts ``None``; ``defaulted`` is
+    proto3 ``optional`` too, for a scalar or enum whose default is not the wire's zero value: a
+    caller that leaves it out gets the model's default, not the zero value."""
 
     name: str
     number: int
@@ -115,6 +117,7 @@ class FieldSpec:
     key: Scalar | None = None
     optional: bool = False
     nullable: bool = False
+    defaulted: bool = False
 
 
 @dataclass(slots=True)

@@ -66,6 +66,10 @@ async def test_a_client_generated_from_asgi_micro_proto_calls_the_greeter(
         request = messages.GreetingsRequest(name="Bob", count=3)
         greetings = [reply.message async for reply in stub.Greetings(request, timeout=10)]
         assert greetings == ["Hello Bob (1)", "Hello Bob (2)", "Hello Bob (3)"]
+        # A client that leaves count out gets the model's default (3), not proto3's 0.
+        request = messages.GreetingsRequest(name="Cy")
+        greetings = [reply.message async for reply in stub.Greetings(request, timeout=10)]
+        assert greetings == ["Hello Cy (1)", "Hello Cy (2)", "Hello Cy (3)"]
 
         async def visitors() -> AsyncIterator[Any]:
             for name in ("Ada", "Grace", "Linus"):

@@ -54,7 +54,8 @@ class TestTable:
         )
 
     def test_a_model_without_a_message_type_is_encoded_by_its_class(self) -> None:
-        assert PROTOBUF.encode(HelloRequest(name="a", times=0)) == b"\x0a\x01a"
+        # times defaults to 1, so it has presence: 0 is sent.
+        assert PROTOBUF.encode(HelloRequest(name="a", times=0)) == b"\x0a\x01a\x10\x00"
 
     def test_nothing_is_an_empty_message(self) -> None:
         assert PROTOBUF.encode(None) == b""

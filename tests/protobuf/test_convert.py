@@ -284,13 +284,36 @@ class TestPresence:
         converter = converter_for(Model)
         assert converter.decode(converter.encode(Model(child=Child()))).child == Child()
 
-    def test_absent_scalars_are_protobuf_zero_values(self) -> None:
+    def test_absent_scalars_without_a_default_of_their_own_are_zero_values(self) -> None:
         class Model(BaseModel):
-            name: str = "default"
+            name: str = ""
             count: int
 
         back = converter_for(Model).decode(b"")
         assert (back.name, back.count) == ("", 0)
+
+    def test_absent_scalars_take_a_default_other_than_the_zero_value(self) -> None:
+        class Model(BaseModel):
+            count: int = Field(default=3, ge=1)
+            mode: Literal["fast", "safe"] = "safe"
+            flag: bool = True
+            ratio: float = 0.5
+            level: Level = Level.LOW
+            tags: list[str] = Field(default_factory=list)
+            zero: int = 0
+
+        converter = converter_for(Model)
+        assert converter.decode(b"") == Model()
+        # The zero value, sent, stays the zero value: these fields have presence.
+        sent = Model.model_construct(count=1, mode="fast", flag=False, ratio=0.0, level=Level.OFF)
+        back = converter.decode(converter.encode(sent))
+        assert (back.flag, back.ratio, back.level, back.mode) == (False, 0.0, Level.OFF, "fast")
+        with pytest.raises(ValidationError, match="count"):  # 0 is sent, and fails ge=1
+            converter.decode(converter.message_class(count=0).SerializeToString())
+        fields = {f.name: f for f in converter.message_class.DESCRIPTOR.fields}
+        assert [name for name, f in fields.items() if f.has_presence] == [
+            "count", "mode", "flag", "ratio", "level"
+        ]
 
     def test_absent_text_types_take_the_default(self) -> None:
         class Model(BaseModel):
