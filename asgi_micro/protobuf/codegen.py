@@ -197,7 +197,10 @@ class _Writer:
             elif field.optional:
                 items.append(f"{name!r}: {read} if message.HasField({name!r}) else None")
             elif field.defaulted:  # left out: the model's default, not the zero value
-                body += [f"    if message.HasField({name!r}):", f"        fields[{name!r}] = {read}"]
+                body += [
+                    f"    if message.HasField({name!r}):",
+                    f"        fields[{name!r}] = {read}",
+                ]
             elif isinstance(field.value, Scalar) and field.value.blank_is_unset:
                 # "" is no UUID, Decimal, date or time: a client left the field out.
                 body += [f"    text = {read}", "    if text:", f"        fields[{name!r}] = text"]
