@@ -388,13 +388,6 @@ class _Connection(asyncio.Protocol):
         if status < 200:
             return
         self.headers_done = True
-        if self.head_only:
-            # The parser cannot be told that a HEAD response has no body (it would wait for
-            # Content-Length bytes), so the exchange ends here and a fresh parser takes over.
-            keep_alive = self.parser.should_keep_alive()
-            self.parser = httptools.HttpResponseParser(self)
-            self._finish(keep_alive=keep_alive)
-            raise _StopParsing
         stream = self.stream
         if stream is not None:
             # From here the stream bounds its own reads; the lazy timer sees no waiter and stops.
@@ -404,6 +397,13 @@ class _Connection(asyncio.Protocol):
             self.waiter = None
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
+        if self.head_only:
+            # The parser cannot be told that a HEAD response has no body (it would wait for
+            # Content-Length bytes), so the exchange ends here and a fresh parser takes over.
+            keep_alive = self.parser.should_keep_alive()
+            self.parser = httptools.HttpResponseParser(self)
+            self._finish(keep_alive=keep_alive)
+            raise _StopParsing
 
     def on_body(self, body: bytes) -> None:
         stream = self.stream

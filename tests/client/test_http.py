@@ -287,6 +287,18 @@ async def test_head_and_no_content_have_no_body(app: App, transport: HTTPTranspo
     assert app.connections == 1
 
 
+async def test_a_stream_opened_for_head_ends_at_its_headers(
+    app: App, transport: HTTPTransport
+) -> None:
+    async with asyncio.timeout(5):  # a HEAD stream once waited for a body that never comes
+        async with transport.stream(HOST, app.port, "HEAD", "/hello") as head:
+            assert (head.status, head.header(b"content-length")) == (200, b"5")
+            assert [chunk async for chunk in head] == []
+        assert transport.in_flight(HOST, app.port) == 0
+        assert (await transport.request(HOST, app.port, "GET", "/hello")).body == b"hello"
+    assert app.connections == 1
+
+
 async def test_interim_response_is_skipped(transport: HTTPTransport) -> None:
     async def early_hints(
         server: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
