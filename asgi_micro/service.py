@@ -36,7 +36,7 @@ from . import registry as registry_module
 from . import store as store_module
 from . import sync as sync_module
 from .auth import Auth
-from .auth.guard import Guard
+from .auth.guard import Guard, jwks_through
 from .broker import Broker
 from .broker.base import check_topic
 from .broker.http import Embeddable
@@ -216,7 +216,7 @@ class Service(Lifecycle):
             self.pipeline.observe(self.metrics.served)
         if self.guard.on:
             self.pipeline.wrap(self.guard.enforce)
-            self.guard.teacher = self._jwks_of
+            self.guard.teacher = jwks_through(self.http)
         self.events = Events(self)
         self.publisher = Publisher(self)
         self.grpc_package = grpc_package or settings.grpc_package
@@ -589,13 +589,6 @@ class Service(Lifecycle):
         return await self.publisher.publish(
             topic, message, metadata=metadata, timeout=timeout, content_type=content_type
         )
-
-    async def _jwks_of(self, service: str) -> Any:
-        """The JWKS a node of ``service`` serves (a trusted one: the client skips others)."""
-        async with self.http(timeout=2.0) as http:
-            response = await http.get(f"http://{service}/.well-known/jwks.json")
-            response.raise_for_status()
-            return response.json()
 
     def trusts_node(self, service: str, node: Node) -> bool:
         """Whether ``node``'s registration proves it a node of ``service``: always with auth

@@ -49,10 +49,12 @@ from .jwt import UnknownKey
 from .rules import Access, Resource, Rule, decide, ordered, refuse
 
 if TYPE_CHECKING:
+    import httpx
+
     from ..broker.base import Event
     from ..registry import Node
 
-__all__ = ["PUBLIC_INTERNAL", "Guard", "bearer"]
+__all__ = ["PUBLIC_INTERNAL", "Guard", "bearer", "jwks_through"]
 
 logger = logging.getLogger(__name__)
 
@@ -222,6 +224,17 @@ class Guard:
         account, reason, _ = self._verify(authorization, None)
         return account, reason
 
+    async def identify(
+        self, authorization: str | None, *, ask: str | None = None
+    ) -> tuple[Account | None, str]:
+        """``account_of``, except that a token signed by a key the ring lacks first makes the
+        guard learn the deployment's keys (see ``_learn``): from the service the token names,
+        else from ``ask`` (a gateway asks the service the call is for)."""
+        account, reason, error = self._verify(authorization, None)
+        if isinstance(error, UnknownKey) and await self._learn(authorization, ask):
+            account, reason, _ = self._verify(authorization, None)
+        return account, reason
+
     def _verify(
         self, authorization: str | None, event: Event | None
     ) -> tuple[Account | None, str, MicroError | None]:
@@ -239,17 +252,18 @@ class Guard:
         except MicroError as exc:
             return None, exc.detail, exc
 
-    async def _learn(self, authorization: str | None) -> bool:
+    async def _learn(self, authorization: str | None, ask: str | None = None) -> bool:
         """After a token signed by a key the ring lacks: ask the service it names (a service
-        account's token) for its JWKS, through the registry, from nodes whose registration
-        verifies (so, holders of the ring), and take the keys it has that this ring lacks (a
-        rotation not read here yet). At most once per ``LEARN_INTERVAL`` per service, so that
-        tokens with made-up kids cannot make the service fetch again and again."""
+        account's token), else ``ask``, for its JWKS, through the registry, from nodes whose
+        registration verifies (so, holders of the ring), and take the keys it has that this
+        ring lacks (a rotation not read here yet). At most once per ``LEARN_INTERVAL`` per
+        service, so that tokens with made-up kids cannot make the guard fetch again and
+        again."""
         teacher = self.teacher
         token, _ = bearer(authorization)
         if teacher is None or token is None:
             return False
-        subject = _unverified_service(token)
+        subject = _unverified_service(token) or ask
         now = time.monotonic()
         if subject is None or self._asked.get(subject, 0.0) > now:
             return False
@@ -371,6 +385,19 @@ class Guard:
 def _bound(node: Node) -> tuple[str, ...]:
     """What a proof binds: the node's id and every address it serves on."""
     return (node.id, node.address, node.metadata.get("grpc", ""))
+
+
+def jwks_through(http: Callable[..., httpx.AsyncClient]) -> Callable[[str], Awaitable[Any]]:
+    """A guard's ``teacher`` that fetches a service's JWKS with ``http`` (``Client.http``: a
+    node of the service, chosen among those whose registration verifies)."""
+
+    async def fetch(service: str) -> Any:
+        async with http(timeout=LEARN_TIMEOUT) as client:
+            response = await client.get(f"http://{service}/.well-known/jwks.json")
+            response.raise_for_status()
+            return response.json()
+
+    return fetch
 
 
 def _unverified_service(token: str) -> str | None:

@@ -55,7 +55,7 @@ from starlette.routing import Mount
 
 from ..__about__ import __version__
 from ..auth import Account, Auth
-from ..auth.guard import Guard
+from ..auth.guard import Guard, jwks_through
 from ..auth.rules import Access, Resource, decide, refuse
 from ..client import CLIENT_ID, Client, ClientCall
 from ..client.http import Response, StreamingResponse
@@ -368,6 +368,8 @@ class Gateway(Lifecycle):
             timeout=timeout,
             trusts=self.guard.trusts if self.guard is not None else None,
         )
+        if self.guard is not None:  # a rotation elsewhere is learnt from the services' JWKS
+            self.guard.teacher = jwks_through(self.client.http)
         self._owns_client = client is None
         self.timeout = timeout
         self.max_body = max_body
@@ -444,7 +446,7 @@ class Gateway(Lifecycle):
                 await send_response(send, 200, b"" if method == "HEAD" else document)
             else:
                 route = self._route(scope, path)
-                self._check(account, route, authorization)
+                await self._check(account, route, authorization)
                 body = await self._body(scope, receive)
                 await self._forward(scope, send, route, body, authorization)
         except MicroError as exc:
@@ -507,15 +509,21 @@ class Gateway(Lifecycle):
                 retry_after=max(1, math.ceil(wait)),
             )
 
-    def _check(self, account: Account | None, route: Route, authorization: str | None) -> None:
-        """What the service's guard would decide, decided here first (auth on)."""
+    async def _check(
+        self, account: Account | None, route: Route, authorization: str | None
+    ) -> None:
+        """What the service's guard would decide, decided here first (auth on). A token that
+        did not verify for want of its key makes the gateway learn the keys from the service
+        the call is for (a rotation the gateway has not read yet)."""
         guard = self.guard
         if guard is None or not guard.enforcing:
             return
+        reason = ""
+        if account is None:
+            account, reason = await guard.identify(authorization, ask=route.service)
         resource = Resource("service", route.service, route.endpoint.name)
         rule = decide(guard.rules, account, resource)
         if rule is None or rule.access != Access.GRANT:
-            reason = guard.account_of(authorization)[1] if account is None else ""
             refuse(rule, account, resource, reason)
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
@@ -563,7 +571,7 @@ class Gateway(Lifecycle):
         if routes is None:
             raise NotFound(f"no service named {service!r} in the registry", id=GATEWAY)
         route = routes.by_endpoint(endpoint)
-        self._check(account, route, authorization)
+        await self._check(account, route, authorization)
         request = data.get("request")
         payload = request.encode() if isinstance(request, str) else orjson.dumps(request or {})
         streams = route.endpoint.metadata.get("stream") == "server"

@@ -29,11 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import hashlib
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -51,12 +50,13 @@ from starlette.applications import Starlette
 
 from ..__about__ import __version__
 from ..auth import Account, Auth
-from ..auth.guard import Guard
+from ..auth.guard import Guard, jwks_through
 from ..auth.rules import Access, Resource, decide, refuse
-from ..client import Client, ClientCall, ClientNext
+from ..client import Client
 from ..errors import MicroError
 from ..plugins import Lifecycle
 from ..registry import Endpoint, Registry
+from .acting import acting_for, send_authorization
 from .catalogue import Catalogue, Endpoints
 
 __all__ = ["GATEWAY", "MCPGateway", "ToolRoute", "tool_name", "tools_of"]
@@ -71,9 +71,6 @@ MAX_STREAM_REPLIES: Final = 1000
 _LEGACY_SESSIONS: Final = 1024
 Context = ServerRequestContext[Any, Any]
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
-_agent_authorization: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "asgi_micro_mcp_authorization", default=None
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,9 +164,11 @@ class MCPGateway(Lifecycle):
             registry=registry,
             caller=GATEWAY,
             timeout=timeout,
-            wrappers=[_authorize],
+            wrappers=[send_authorization],
             trusts=self.guard.trusts if self.guard is not None else None,
         )
+        if self.guard is not None:  # a rotation elsewhere is learnt from the services' JWKS
+            self.guard.teacher = jwks_through(self.client.http)
         self.tools: dict[str, ToolRoute] = {}
         self._bus = InMemorySubscriptionBus()
         self._legacy: dict[str, ServerSession] = {}
@@ -224,7 +223,8 @@ class MCPGateway(Lifecycle):
     ) -> types.ListToolsResult:
         if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
             self._remember(ctx)
-        account, _ = self._account(ctx)
+        any_service = min((route.service for route in self.tools.values()), default=None)
+        account, _ = await self._account(ctx, ask=any_service)
         allowed = [route.tool for route in self.tools.values() if self._allows(account, route)]
         return types.ListToolsResult(tools=allowed)
 
@@ -234,11 +234,11 @@ class MCPGateway(Lifecycle):
         route = self.tools.get(params.name)
         if route is None:
             raise MCPError(code=types.INVALID_PARAMS, message=f"unknown tool: {params.name}")
-        account, reason = self._account(ctx)
+        account, reason = await self._account(ctx, ask=route.service)
         try:
             if not self._allows(account, route):
                 self._refuse(account, route, reason)
-            with _acting_for(self._authorization(ctx) if self.guard is not None else None):
+            with acting_for(self._authorization(ctx) if self.guard is not None else None):
                 reply = await self._invoke(route, params.arguments)
         except MicroError as exc:
             return types.CallToolResult(
@@ -275,11 +275,12 @@ class MCPGateway(Lifecycle):
             return value
         return f"Bearer {self.token}" if self.token else None
 
-    def _account(self, ctx: Context) -> tuple[Account | None, str]:
-        """The account the agent's token proves (``None`` with auth off), or why none."""
+    async def _account(self, ctx: Context, *, ask: str | None) -> tuple[Account | None, str]:
+        """The account the agent's token proves (``None`` with auth off), or why none; a
+        token signed by a key the gateway lacks makes it learn the keys from ``ask``'s JWKS."""
         if self.guard is None:
             return None, ""
-        return self.guard.account_of(self._authorization(ctx))
+        return await self.guard.identify(self._authorization(ctx), ask=ask)
 
     def _allows(self, account: Account | None, route: ToolRoute) -> bool:
         """Whether the rules let ``account`` call ``route``, as the service's guard decides
@@ -323,20 +324,3 @@ class MCPGateway(Lifecycle):
         if key not in self._legacy and len(self._legacy) >= _LEGACY_SESSIONS:
             self._legacy.pop(next(iter(self._legacy)))
         self._legacy[key] = ctx.session
-
-
-async def _authorize(call: ClientCall, next: ClientNext) -> Any:
-    """The client wrapper that sends the agent's token on, when there is one."""
-    authorization = _agent_authorization.get()
-    if authorization is not None:
-        call.context.authorization = authorization
-    return await next(call)
-
-
-@contextlib.contextmanager
-def _acting_for(authorization: str | None) -> Iterator[None]:
-    token = _agent_authorization.set(authorization)
-    try:
-        yield
-    finally:
-        _agent_authorization.reset(token)

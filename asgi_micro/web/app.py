@@ -15,8 +15,13 @@ cannot make the dashboard call services on its behalf (a cross-site form cannot 
 a cross-site ``fetch`` carries its origin). With ``loopback_only`` (what ``asgi-micro web``
 sets when it binds loopback) it also refuses every request whose ``Host`` is not a loopback
 name, which defeats DNS rebinding: a site whose name the attacker points at 127.0.0.1 would
-otherwise be the dashboard's own origin. It passes no token: with auth on, services answer as
-they answer an anonymous caller.
+otherwise be the dashboard's own origin.
+
+With auth on, a call goes with the token the page was given (its ``Authorization`` header,
+from the token field of the page), else with the dashboard's own ``token``, else with none: the
+service decides by that account, as it decides for any caller. ``trusts`` (the registration
+check of the deployment's key ring) keeps the token from any node whose registration does not
+verify.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -39,8 +44,9 @@ from starlette.staticfiles import StaticFiles
 
 from ..client import Client
 from ..errors import BadRequest, Forbidden, MicroError, NotFound, PayloadTooLarge
+from ..gateway.acting import acting_for, send_authorization
 from ..gateway.catalogue import merged
-from ..registry import Registry
+from ..registry import Node, Registry
 from ..responses import send_error
 from ..types import ASGIApp, Receive, Scope, Send
 from . import pages
@@ -64,10 +70,23 @@ class Dashboard:
     with dashboard:``) starts the registry, the watch and the client, and stops them."""
 
     def __init__(
-        self, registry: Registry, *, timeout: float = 10.0, loopback_only: bool = False
+        self,
+        registry: Registry,
+        *,
+        timeout: float = 10.0,
+        loopback_only: bool = False,
+        token: str | None = None,
+        trusts: Callable[[str, Node], bool] | None = None,
     ) -> None:
         self.registry = registry
-        self.client = Client(registry=registry, caller=CALLER, timeout=timeout)
+        self.authorization = None if token is None else bearer_value(token)
+        self.client = Client(
+            registry=registry,
+            caller=CALLER,
+            timeout=timeout,
+            wrappers=[send_authorization],
+            trusts=trusts,
+        )
         self.changes = Changes(registry)
         self.app = Starlette(
             routes=[
@@ -167,7 +186,9 @@ class Dashboard:
         try:
             service, endpoint, payload = await _call_request(request)
             stream = await self._rpc_stream(service, endpoint)
-            return JSONResponse(await self._call(service, endpoint, payload, stream))
+            authorization = request.headers.get("authorization") or self.authorization
+            with acting_for(authorization):
+                return JSONResponse(await self._call(service, endpoint, payload, stream))
         except MicroError as exc:
             return JSONResponse({"error": exc.to_dict()}, status_code=exc.code)
         except ValueError as exc:  # what the client refuses before calling
@@ -241,6 +262,12 @@ async def _call_request(request: Request) -> tuple[str, str, Any]:
         raise Forbidden("calls are taken from the dashboard's own pages only", id=CALLER)
     if request.headers.get("content-type", "").partition(";")[0].strip() != "application/json":
         raise BadRequest("send the call as application/json", id=CALLER)
+    authorization = request.headers.get("authorization")
+    if authorization is not None:
+        scheme, _, token = authorization.partition(" ")
+        if scheme != "Bearer":
+            raise BadRequest("Authorization is 'Bearer <token>'", id=CALLER)
+        bearer_value(token)  # a ValueError, and so a 400, unless it can be a token
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_REQUEST:
         raise PayloadTooLarge(f"a call is at most {MAX_REQUEST} bytes", id=CALLER)
@@ -256,6 +283,13 @@ async def _call_request(request: Request) -> tuple[str, str, Any]:
     ):
         raise BadRequest('expected {"service": ..., "endpoint": ..., "request": ...}', id=CALLER)
     return data["service"], data["endpoint"], data.get("request")
+
+
+def bearer_value(token: str) -> str:
+    """``Bearer <token>``, for a token that can be one (printable ASCII, no spaces)."""
+    if not token or not token.isascii() or not token.isprintable() or " " in token:
+        raise ValueError("a bearer token is printable ASCII without spaces")
+    return f"Bearer {token}"
 
 
 def _root(request: Request) -> str:

@@ -125,6 +125,7 @@ def service_page(
         "<h2>Nodes</h2>",
         _live(f"{root}/fragments/nodes/{quote(name, safe='')}", name, nodes_fragment(views)),
         "<h2>Endpoints</h2>",
+        _TOKEN_FIELD,
         *(_endpoint(name, endpoint) for endpoint in endpoints),
         "<h2>Topics</h2>",
         _topics(topics, root=root, with_service=False),
@@ -160,6 +161,14 @@ def _endpoint(service: str, endpoint: Endpoint) -> str:
         parts.append(_call_form(service, endpoint, stream))
     parts.append("</section>")
     return "\n".join(parts)
+
+
+_TOKEN_FIELD = (
+    # Kept for the browser tab only (sessionStorage), sent as Authorization with each call.
+    '<form class="token"><label>Bearer token for calls (none: anonymous) '
+    '<input type="password" name="token" id="token" autocomplete="off" spellcheck="false">'
+    "</label></form>"
+)
 
 
 def _call_form(service: str, endpoint: Endpoint, stream: str) -> str:

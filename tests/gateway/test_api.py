@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import uuid
 from collections.abc import AsyncIterator
@@ -23,8 +24,10 @@ import pytest
 from fastapi import FastAPI
 
 from asgi_micro import MicroRouter, Service
+from asgi_micro.auth import Account as Account_
 from asgi_micro.auth import Resource, Rule
 from asgi_micro.auth import from_url as auth_from_url
+from asgi_micro.auth.keys import KeyRing
 from asgi_micro.errors import NotFound
 from asgi_micro.fastapi import Account
 from asgi_micro.gateway.api import GATEWAY, Rate, RateLimiter, ServiceRoutes, gateway
@@ -426,6 +429,42 @@ async def test_with_auth_on_the_edge_refuses_and_the_service_verifies_again(
         # The service's own guard verified the token the gateway passed on: it names ada.
         who_reply = await http.post(f"/{name}/who/am_i", json={"name": "x"}, headers=good)
         assert who_reply.json() == {"message": "ada"}
+
+
+async def test_a_rotation_the_gateway_has_not_read_is_learnt_from_the_service(
+    tmp_path: Path,
+) -> None:
+    # Two copies of one ring, as two hosts hold: the greeter's side rotates, the gateway's
+    # copy has not been updated.
+    store_url = f"sqlite:///{tmp_path / 'store.db'}"
+    ring, copy = tmp_path / "keys.json", tmp_path / "gateway-keys.json"
+    KeyRing(ring).load()
+    shutil.copy(ring, copy)
+    registry = MemoryRegistry()
+    service, app = greeter_app(registry, store=store_url, auth=f"jwt://?keys={ring}")
+    gateway_store = store_from_url(store_url)
+    edge = auth_from_url(f"jwt://?keys={copy}", parts=Parts(service=GATEWAY, store=gateway_store))
+    async with gateway_store, running(service, app):
+        made = await service.auth.generate("ada", scopes=["user"])
+        await service.auth.grant(Rule("users", "user", Resource("service", "greeter", "*")))
+        async with behind_gateway(registry, auth=edge) as http:
+            KeyRing(ring).rotate()
+            assert service.auth.reload_keys()
+            ada = (await service.auth.token(id="ada", secret=made.secret)).access_token
+            kid = service.auth.keys.signing.kid  # type: ignore[attr-defined]
+            assert edge.keys.find(kid) is None  # type: ignore[attr-defined]
+            reply = await http.post(
+                "/greeter/hello", json={"name": "Ada"}, headers={"Authorization": f"Bearer {ada}"}
+            )
+            assert reply.json() == {"message": "Hello Ada"}, reply.text
+            assert edge.keys.find(kid) is not None  # type: ignore[attr-defined]
+            # A token of another ring is still refused.
+            stranger = auth_from_url(f"jwt://?keys={tmp_path / 'stranger.json'}")
+            forged = stranger.issue(Account_("ada", scopes=("user",)), expiry=60)  # type: ignore[attr-defined]
+            refused = await http.post(
+                "/greeter/hello", json={"name": "A"}, headers={"Authorization": f"Bearer {forged}"}
+            )
+            assert refused.status_code == 401
 
 
 # -- the console script in front of the greeter in its own process ------------------------------

@@ -86,6 +86,7 @@ async def until_true(check: Callable[[], object], what: str, timeout: float = 60
 async def test_the_dashboard_in_a_browser(tmp_path: Path) -> None:
     require_chromium()
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.remote.webdriver import WebDriver
 
     def present(driver: WebDriver, selector: str) -> bool:
@@ -141,6 +142,33 @@ async def test_the_dashboard_in_a_browser(tmp_path: Path) -> None:
             assert await in_browser(lambda: driver.save_screenshot(str(screenshot)))
             assert screenshot.stat().st_size > 0
             assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+            # The token field: sent with each call (here one the dashboard refuses, which
+            # shows that it went), kept for the tab across a reload, and cleared again.
+            def type_token(value: str) -> None:
+                field = driver.find_element(By.ID, "token")
+                field.send_keys(Keys.CONTROL, "a")
+                field.send_keys(Keys.BACKSPACE)
+                if value:
+                    field.send_keys(value)
+
+            await in_browser(lambda: type_token("not a token"))
+            await in_browser(fill_and_submit)
+            await until_true(lambda: "bearer token" in reply(), "the token sent", timeout=30)
+            refused = await in_browser(lambda: driver.get_log("browser"))  # read, so cleared
+            assert [entry["message"] for entry in refused if entry["level"] == "SEVERE"] == [
+                f"{url}/api/call - Failed to load resource: the server responded with a status "
+                "of 400 (Bad Request)"
+            ]
+            await in_browser(driver.refresh)
+            await until_true(lambda: present(driver, form), "the page again")
+            kept = await in_browser(
+                lambda: driver.find_element(By.ID, "token").get_attribute("value")
+            )
+            assert kept == "not a token"
+            await in_browser(lambda: type_token(""))
+            await in_browser(fill_and_submit)
+            await until_true(lambda: "Hello Ada" in reply(), "anonymous again", timeout=30)
 
             # A node comes and goes: the page follows without a reload.
             await until_true(

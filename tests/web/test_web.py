@@ -8,6 +8,8 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -16,7 +18,8 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
 from asgi_micro import MicroRouter, Service
-from asgi_micro.auth.guard import PROOF_KEY
+from asgi_micro.auth import Resource, Rule
+from asgi_micro.auth.guard import PROOF_KEY, Guard
 from asgi_micro.registry import Endpoint, Node
 from asgi_micro.registry import Service as ServiceRecord
 from asgi_micro.registry.memory import MemoryRegistry
@@ -47,8 +50,12 @@ class Setup:
     http: httpx.AsyncClient
 
 
-def greeter(name: str, topic: str, registry: MemoryRegistry) -> tuple[Service, FastAPI]:
-    service = Service(name, version="1.2.0", registry=registry, broker=f"memory://{name}")
+def greeter(
+    name: str, topic: str, registry: MemoryRegistry, **options: Any
+) -> tuple[Service, FastAPI]:
+    service = Service(
+        name, version="1.2.0", registry=registry, broker=f"memory://{name}", **options
+    )
     router = MicroRouter("Greeter")
 
     @router.rpc()
@@ -232,6 +239,65 @@ async def test_a_malformed_call_is_refused(setup: Setup, body: bytes) -> None:
     assert set(response.json()["error"]) == {"id", "code", "detail", "status"}
 
 
+async def test_with_auth_on_a_call_goes_with_the_page_s_token_or_the_dashboard_s(
+    tmp_path: Path,
+) -> None:
+    name = f"guarded-{uuid.uuid4().hex[:8]}"
+    registry = MemoryRegistry(name)  # each dashboard has one of its own: stopping it forgets
+    service, app = greeter(name, f"t.{name}", registry, auth=f"jwt://?keys={tmp_path / 'k.json'}")
+    seen: list[str] = []  # calls that reached a node that is not the greeter's (not probes)
+
+    async def impostor(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            if not scope["path"].startswith("/_micro/"):  # the page looks at every node
+                seen.append(dict(scope["headers"]).get(b"authorization", b"").decode())
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b'{"message": "stolen"}'})
+
+    async with serve(app) as address, serve(impostor) as stranger:
+        await service.wait_registered(timeout=30.0)
+        account = await service.auth.generate("ada", scopes=["user"])
+        await service.auth.grant(Rule("users", "user", Resource("service", name, "*")))
+        await service.guard.load_rules()
+        ada = (await service.auth.token(id="ada", secret=account.secret)).access_token
+        # A node of the greeter's name whose registration proves nothing: no token goes to it.
+        [record] = await registry.get_service(name)
+        await registry.register(
+            ServiceRecord(
+                name,
+                record.version,
+                endpoints=record.endpoints,
+                nodes=[Node(f"{name}-x", stranger, {"protocol": "http"})],
+            )
+        )
+        trusts = Guard(service.auth, service="asgi-micro-web", on=True).trusts
+        for token in (None, ada):
+            own = MemoryRegistry(name)
+            async with Dashboard(own, token=token, trusts=trusts) as dashboard:
+                transport = httpx.ASGITransport(app=dashboard.app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://d") as http:
+                    setup = Setup(name, "", registry, service, address, http)
+                    page = (await http.get(f"/services/{name}")).text
+                    assert '<input type="password" name="token" id="token"' in page
+                    for _ in range(4):  # round robin would reach the stranger among these
+                        given = await call(
+                            setup, "Greeter.Hello", {"name": "Ada"}, authorization=f"Bearer {ada}"
+                        )
+                        assert given.json() == {"reply": {"message": "Hello Ada"}}, given.text
+                    none = await call(setup, "Greeter.Hello", {"name": "Ada"})
+                    if token is None:  # anonymous: what the service answers anyone
+                        assert none.status_code == 401, none.text
+                        assert none.json()["error"]["id"] == "asgi_micro.auth"
+                    else:  # the dashboard's own token
+                        assert none.json() == {"reply": {"message": "Hello Ada"}}
+                    for wrong in ("Basic YWRhOng=", "Bearer ", "Bearer a b"):
+                        refused = await call(
+                            setup, "Greeter.Hello", {"name": "A"}, authorization=wrong
+                        )
+                        assert refused.status_code == 400, (wrong, refused.text)
+    assert seen == []
+
+
 async def test_the_script_and_styles_are_served(setup: Setup) -> None:
     script = await setup.http.get("/static/dashboard.js")
     assert script.status_code == 200
@@ -331,3 +397,14 @@ def test_the_command_refuses_an_unknown_registry() -> None:
     result = CliRunner().invoke(app, ["web", "--registry", "nowhere://x", "--port", "1"])
     assert result.exit_code == 2, result.output
     assert "nowhere" in result.output
+
+
+def test_the_command_refuses_a_token_that_cannot_be_one() -> None:
+    from typer.testing import CliRunner
+
+    from asgi_micro.cli import app
+
+    result = CliRunner().invoke(app, ["web", "--token", "not one", "--port", "1"])
+    assert result.exit_code == 2, result.output
+    assert "a bearer token is printable ASCII without spaces" in result.output
+    assert "not one" not in result.output  # a secret is not echoed

@@ -3,6 +3,19 @@
 "use strict";
 
 const root = document.body.dataset.root || "";
+const TOKEN_KEY = "asgi-micro-token";
+
+// The token field: kept for this tab only, sent with every call.
+const tokenField = document.getElementById("token");
+if (tokenField) {
+  tokenField.value = sessionStorage.getItem(TOKEN_KEY) || "";
+  tokenField.addEventListener("input", () => {
+    const token = tokenField.value.trim();
+    if (token) sessionStorage.setItem(TOKEN_KEY, token);
+    else sessionStorage.removeItem(TOKEN_KEY);
+  });
+  tokenField.form.addEventListener("submit", (event) => event.preventDefault());
+}
 
 function show(reply, state, value) {
   reply.dataset.state = state;
@@ -20,9 +33,12 @@ async function call(form) {
   }
   show(reply, "pending", "Calling " + form.dataset.endpoint + "…");
   try {
+    const headers = { "content-type": "application/json" };
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (token) headers.authorization = "Bearer " + token;
     const response = await fetch(root + "/api/call", {
       method: "POST",
-      headers: { "content-type": "application/json" },
+      headers: headers,
       body: JSON.stringify({
         service: form.dataset.service,
         endpoint: form.dataset.endpoint,
