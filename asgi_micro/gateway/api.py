@@ -44,7 +44,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import unquote
 
 import orjson
@@ -80,6 +80,7 @@ from ..registry import Endpoint, Registry
 from ..responses import read_body, send_error, send_response
 from ..types import Receive, Scope, Send
 from .catalogue import Catalogue
+from .websocket import WEBSOCKET_HEADERS, open_upstream, relay
 
 __all__ = [
     "GATEWAY",
@@ -91,6 +92,9 @@ __all__ = [
     "ServiceRoutes",
     "gateway",
 ]
+
+if TYPE_CHECKING:
+    from websockets.asyncio.client import ClientConnection
 
 logger = logging.getLogger(__name__)
 
@@ -239,9 +243,9 @@ class ServiceRoutes:
         for endpoint in endpoints.values():
             metadata = endpoint.metadata
             path = metadata.get("path")
-            if not path or metadata.get("method") == "WEBSOCKET":
-                continue  # WebSocket endpoints are not proxied
-            if metadata.get("kind") == "rpc":
+            if not path:
+                continue
+            if metadata.get("kind") == "rpc" and metadata.get("method") != "WEBSOCKET":
                 handler, _, method = endpoint.name.rpartition(".")
                 self._named[(_normal(handler), _normal(method))] = endpoint
             if _PARAMETER.search(path):
@@ -425,24 +429,22 @@ class Gateway(Lifecycle):
     # -- ASGI ---------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1003})
+        if scope["type"] not in ("http", "websocket"):
             return
         if not self._started:
             await self.start()
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         try:
             account, authorization = self._caller(scope)
             self._limit(scope, account)
-            path = scope["path"]
-            root = scope.get("root_path", "")
-            if root and path.startswith(root):
-                path = path[len(root) :]
+            path = _local_path(scope)
             method = scope["method"]
             if path == "/rpc" and method == "POST":
                 await self._rpc(scope, receive, send, account, authorization)
             elif path == "/openapi.json" and method in ("GET", "HEAD"):
-                document = orjson.dumps(await self.openapi(root))
+                document = orjson.dumps(await self.openapi(scope.get("root_path", "")))
                 await send_response(send, 200, b"" if method == "HEAD" else document)
             else:
                 route = self._route(scope, path)
@@ -455,6 +457,61 @@ class Gateway(Lifecycle):
             if isinstance(exc, RateLimited):
                 headers.append((b"retry-after", str(exc.retry_after).encode()))
             await send_error(send, exc, headers=headers)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket endpoint's session, relayed to a node (see ``gateway.websocket``);
+        refused before the handshake with ``4000 + status``, as a service refuses one."""
+        if (await receive())["type"] != "websocket.connect":
+            return
+        try:
+            account, authorization = self._caller(scope)
+            self._limit(scope, account)
+            route = self._route(scope, _local_path(scope))
+            await self._check(account, route, authorization)
+            upstream = await self._open_websocket(scope, route, authorization)
+        except MicroError as exc:
+            await send({"type": "websocket.close", "code": 4000 + exc.code})
+            return
+        await relay(upstream, receive, send)
+
+    async def _open_websocket(
+        self, scope: Scope, route: Route, authorization: str | None
+    ) -> ClientConnection:
+        """The node's socket for ``route``, on a node chosen as for a call; another node is
+        tried when one cannot be reached."""
+        incoming = read_headers(scope["headers"]) or Context()
+        outgoing = incoming.onward(
+            timeout=self.timeout, metadata={"from-service": GATEWAY}, propagate=(PROPAGATE_ALL,)
+        )
+        outgoing.authorization = authorization
+        forwarded = [
+            (name, value)
+            for name, value in _forwarded_headers(scope, route.service, None)
+            if name not in WEBSOCKET_HEADERS
+        ]
+        # The context's headers, but no deadline: it bounds the handshake, not the session.
+        forwarded += [
+            (name.encode("latin-1"), value.encode("latin-1"))
+            for name, value in outgoing.headers()
+            if name != TIMEOUT_HEADER
+        ]
+        origin = (_header(scope, b"origin") or b"").decode("latin-1") or None
+
+        async def attempt(node: Any, budget: float | None) -> ClientConnection:
+            return await open_upstream(
+                node.address, route.target, forwarded, service=route.service, origin=origin,
+                subprotocols=scope.get("subprotocols", ()), timeout=budget,
+                max_size=self.max_body,
+            )  # fmt: skip
+
+        return await self.client.attempts(
+            route.service,
+            attempt,
+            context=outgoing,
+            idempotent=True,  # nothing is sent before the handshake
+            retries=self.client.retries,
+            endpoint=route.endpoint.name,
+        )
 
     def _route(self, scope: Scope, path: str) -> Route:
         """The service a path names (its first segment) and its endpoint at the rest, read
@@ -477,7 +534,7 @@ class Gateway(Lifecycle):
                 id=GATEWAY,
             )
         query = scope.get("query_string", b"").decode("latin-1")
-        return routes.route(scope["method"], rest, query, "/" + raw_rest)
+        return routes.route(scope.get("method", "WEBSOCKET"), rest, query, "/" + raw_rest)
 
     # -- edge checks --------------------------------------------------------------------------
 
@@ -874,6 +931,13 @@ def _header(scope: Scope, wanted: bytes) -> bytes | None:
             found: bytes = value
             return found
     return None
+
+
+def _local_path(scope: Scope) -> str:
+    """The request's path below the gateway's mount point."""
+    path: str = scope["path"]
+    root = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def _forwarded_headers(

@@ -19,9 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgpack
 import orjson
 import pytest
 from fastapi import FastAPI
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Subprotocol
 
 from asgi_micro import MicroRouter, Service
 from asgi_micro.auth import Account as Account_
@@ -212,6 +216,45 @@ async def test_a_plain_route_is_proxied_with_where_the_call_came_from() -> None:
         wrong_method = await http.delete("/greeter/items/7")
         assert wrong_method.status_code == 405
         assert wrong_method.json()["id"] == GATEWAY
+
+
+async def test_a_websocket_endpoint_is_relayed_both_ways() -> None:
+    registry = MemoryRegistry()
+    service, app = greeter_app(registry)
+    async with running(service, app), behind_gateway(registry) as http:
+        base = f"ws://{http.base_url.host}:{http.base_url.port}"
+        async with connect(f"{base}/greeter/greeter/chat") as websocket:
+            for name in ("Ada", "Grace"):
+                await websocket.send(orjson.dumps({"name": name}).decode())
+                assert orjson.loads(await websocket.recv()) == {"message": f"Hello {name}"}
+            # A service's close, with its code and reason, comes through as it is.
+            await websocket.send(orjson.dumps({"name": 5}).decode())
+            with pytest.raises(ConnectionClosed) as closed:
+                await websocket.recv()
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 4400
+        assert orjson.loads(closed.value.rcvd.reason)["id"] == "greeter"
+        # The subprotocol the node chose, and binary frames.
+        chat = f"{base}/greeter/greeter/chat"
+        async with connect(chat, subprotocols=[Subprotocol("msgpack")]) as websocket:
+            assert websocket.subprotocol == "msgpack"
+            await websocket.send(msgpack.packb({"name": "Linus"}))
+            assert msgpack.unpackb(await websocket.recv()) == {"message": "Hello Linus"}
+        # The caller leaving ends the node's side too: the node has no session left.
+        async with connect(chat) as websocket:
+            await websocket.send(orjson.dumps({"name": "Ada"}).decode())
+            await websocket.recv()
+
+        async def nothing_in_flight() -> bool:
+            return service.stats.in_flight == 0
+
+        await eventually(nothing_in_flight, timeout=10, interval=0.05, message="session over")
+        # No such endpoint, or a plain route: refused before the handshake.
+        for path in ("/greeter/nowhere", "/nobody/chat", "/greeter/"):
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(f"{base}{path}"):
+                    pass
+            assert refused.value.response.status_code == 403
 
 
 async def test_errors_pass_through_and_unknown_names_say_what_exists(
