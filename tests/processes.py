@@ -61,6 +61,13 @@ def environment() -> dict[str, str]:
     return env
 
 
+def listing() -> dict[str, str]:
+    """The environment for a command that lists every service (``asgi-micro services``): it
+    waits out a browse window for mDNS answers, and 1.5 s has not always been enough on a
+    loaded machine when several commands start at once, so it is given 5."""
+    return {"MICRO_REGISTRY": os.environ["MICRO_REGISTRY"] + "&timeout=5"}
+
+
 @dataclass(frozen=True)
 class CommandResult:
     args: tuple[str, ...]

@@ -18,7 +18,7 @@ import pytest
 from asgi_micro.registry import Service
 from asgi_micro.registry.mdns import MDNSRegistry
 from tests.helpers import eventually, mdns
-from tests.processes import FRONTEND, GREETER, CommandResult, Server, asgi_micro, serving
+from tests.processes import FRONTEND, GREETER, CommandResult, Server, asgi_micro, listing, serving
 
 pytestmark = pytest.mark.slow
 
@@ -94,8 +94,8 @@ async def test_greeter_quick_start(http: httpx.AsyncClient) -> None:
             call_grpc_error,
             health,
         ) = await asyncio.gather(
-            asgi_micro("services"),
-            asgi_micro("services", "--json"),
+            asgi_micro("services", env=listing()),
+            asgi_micro("services", "--json", env=listing()),
             asgi_micro("describe", "greeter"),  # whole, though a pipe is 80 columns
             asgi_micro("call", "greeter", "Greeter.Hello", '{"name":"Ada"}'),
             asgi_micro(
@@ -250,7 +250,8 @@ async def test_two_greeters_and_the_frontend(
         assert "at most 100 characters" in refused.json()["detail"]
 
         services, described = await asyncio.gather(
-            asgi_micro("services", "--json"), asgi_micro("describe", "greeter", "--json")
+            asgi_micro("services", "--json", env=listing()),
+            asgi_micro("describe", "greeter", "--json"),
         )
         assert services.returncode == 0, services
         listed = {service["name"]: service for service in services.json()}
