@@ -28,6 +28,7 @@ class Namespace:
     exchange: str
     made: list[AMQPBroker] = field(default_factory=list)
     queues: set[str] = field(default_factory=set)
+    server: str = SERVER
 
     def url(self, source: str, **options: str) -> str:
         """A broker's URL in this namespace; its connection is named after both."""
@@ -37,7 +38,7 @@ class Namespace:
             "reconnect_interval": "0.5",
             **options,
         }
-        return f"{SERVER}?{urlencode(query)}"
+        return f"{self.server}?{urlencode(query)}"
 
     def connection_name(self, source: str) -> str:
         return f"{self.exchange} {source}"

@@ -26,6 +26,7 @@ from asgi_micro import errors
 from asgi_micro.broker import Event, Redelivery
 from tests.broker.amqp_worker import CONCURRENCY
 from tests.broker.backend_amqp import SERVER, Namespace, namespace
+from tests.broker.rabbitmq import rabbitmq_server
 from tests.helpers import IN_CI, free_port, until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -498,4 +499,61 @@ async def test_connections_dropped_mid_stream_lose_nothing(
         f"\ndropped after {dropped_after} published, {len(published)} in all; "
         f"group handled {len(in_group)} ({sum(1 for c in group_counts.values() if c > 1)} "
         f"twice); broadcast {len(in_broadcast)}"
+    )
+
+
+# -- the server restarted ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_the_server_restarted_mid_stream_loses_nothing() -> None:
+    """A RabbitMQ of the test's own is stopped and started again while events are published
+    to a queue group and handled: publishes wait for the server and are confirmed once it is
+    back, the group's quorum queue comes back with what it held, and nothing is lost."""
+    name, lanes, most = topic(), 4, 5000
+    async with rabbitmq_server() as server:
+        space = Namespace(f"test.{uuid.uuid4().hex}", server=server.url)
+        try:
+            publisher, grouped = space.make("publisher"), space.make("grouped")
+            await publisher.start()
+            await grouped.start()
+            in_group: list[Event] = []
+            await grouped.subscribe(name, recorder(in_group), queue="workers")
+            published: list[str] = []
+            enough = asyncio.Event()
+
+            async def lane() -> None:
+                for n in range(most):
+                    if enough.is_set():
+                        return
+                    published.append(await publisher.publish(name, orjson.dumps({"n": n})))
+
+            publishing = asyncio.gather(*(lane() for _ in range(lanes)))
+            try:
+                await until(lambda: len(in_group) >= 200, "the first 200", timeout=WAIT)
+                restarted_after = len(published)
+                await server.restart()
+                resumed_at = len(published)
+                await until(
+                    lambda: len(published) >= resumed_at + 200, "publishing on", timeout=WAIT * 2
+                )
+                enough.set()
+                await asyncio.wait_for(publishing, timeout=WAIT * 2)
+            finally:
+                publishing.cancel()
+            assert len(published) < lanes * most, "publishing ended before the restart"
+            await until(
+                lambda: set(published) <= {event.id for event in in_group},
+                "every event in the group",
+                timeout=WAIT * 2,
+            )
+            handled_after = len({event.id for event in in_group})
+        finally:
+            for broker in space.made:
+                await broker.stop()
+    assert server.starts == 2
+    assert {event.deliveries for event in in_group} <= {1, 2}
+    print(
+        f"\nrestarted after {restarted_after} published; {len(published)} published in all, "
+        f"{handled_after} handled ({len(in_group) - handled_after} twice)"
     )
