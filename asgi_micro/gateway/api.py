@@ -37,13 +37,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 import math
-import re
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import unquote
 
@@ -53,7 +50,6 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount
 
-from ..__about__ import __version__
 from ..auth import Account, Auth
 from ..auth.guard import Guard, jwks_through
 from ..auth.rules import Access, Resource, decide, refuse
@@ -63,23 +59,20 @@ from ..client.retry import RETRYABLE_STATUSES
 from ..context import PROPAGATE_ALL, TIMEOUT_HEADER, Context, read_headers
 from ..errors import (
     BadRequest,
-    MethodNotAllowed,
     MicroError,
     NotFound,
-    NotImplemented,
     PayloadTooLarge,
     Timeout,
-    TooManyRequests,
 )
 from ..limits import DEFAULT_MAX_MESSAGE_SIZE
-from ..naming import IDEMPOTENT_METHODS
-from ..openapi import ERROR_SCHEMA, ERROR_SCHEMA_NAME
 from ..pipeline import compose
 from ..plugins import Lifecycle
 from ..registry import Endpoint, Registry
 from ..responses import read_body, send_error, send_response
 from ..types import Receive, Scope, Send
 from .catalogue import Catalogue
+from .openapi import combined
+from .routes import GATEWAY, Rate, RateLimited, RateLimiter, Route, ServiceRoutes
 from .websocket import WEBSOCKET_HEADERS, open_upstream, relay
 
 __all__ = [
@@ -98,8 +91,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-GATEWAY: Final = "asgi-micro-api"
-"""The name the gateway calls services under, and the ``id`` of the errors it raises."""
 HOP_BY_HOP: Final = frozenset(
     (
         b"connection",
@@ -125,213 +116,11 @@ _NOT_FORWARDED: Final = HOP_BY_HOP | {
     b"x-forwarded-proto",
     b"x-forwarded-prefix",
 }
-_PARAMETER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z_]+))?\}")
-_NOT_NAME = re.compile(r"[^a-z0-9]")
 _JSON: Final = b"application/json"
 _NDJSON: Final = b"application/x-ndjson"
 _FAILED_DOCUMENT_AGE: Final = 10.0
 """Seconds a service's document built from the registry (its own could not be fetched) is
 kept before the gateway asks the service again."""
-
-
-# -- rate limits --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Rate:
-    """``per_second`` requests a second for each client, after a burst of up to ``burst``."""
-
-    per_second: float
-    burst: int
-
-    def __post_init__(self) -> None:
-        if not self.per_second > 0 or self.burst < 1:
-            raise ValueError("a rate is more than 0 requests a second, with a burst of >= 1")
-
-    @classmethod
-    def parse(cls, text: str) -> Rate:
-        """``"10/s"``, ``"600/m"`` or ``"1000/h"``: that many requests per unit, and as many at
-        once."""
-        count, _, unit = text.strip().partition("/")
-        seconds = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(unit.strip().lower() or "s")
-        try:
-            number = int(count)
-        except ValueError:
-            number = 0
-        if seconds is None or number < 1:
-            raise ValueError(f"a rate is '<requests>/s', '/m' or '/h', got {text!r}")
-        return cls(per_second=number / seconds, burst=number)
-
-
-class RateLimiter:
-    """A token bucket per client: ``take(client)`` is 0 when the request may go, else the
-    seconds until it could. At most ``max_clients`` buckets are kept; beyond that, the full
-    ones (clients quiet long enough to have every token back) are forgotten first."""
-
-    def __init__(self, rate: Rate, *, max_clients: int = 100_000) -> None:
-        self.rate = rate
-        self.max_clients = max_clients
-        self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, when)
-
-    def take(self, client: str, now: float | None = None) -> float:
-        now = time.monotonic() if now is None else now
-        rate = self.rate
-        tokens, when = self._buckets.get(client, (float(rate.burst), now))
-        tokens = min(float(rate.burst), tokens + (now - when) * rate.per_second)
-        if tokens < 1.0:
-            self._buckets[client] = (tokens, now)
-            return (1.0 - tokens) / rate.per_second
-        if client not in self._buckets and len(self._buckets) >= self.max_clients:
-            self._forget(now)
-        self._buckets[client] = (tokens - 1.0, now)
-        return 0.0
-
-    def _forget(self, now: float) -> None:
-        rate = self.rate
-        full = [
-            client
-            for client, (tokens, when) in self._buckets.items()
-            if tokens + (now - when) * rate.per_second >= rate.burst
-        ]
-        for client in full:
-            del self._buckets[client]
-        if len(self._buckets) >= self.max_clients:  # all busy: the oldest half goes
-            for client in list(self._buckets)[: len(self._buckets) // 2]:
-                del self._buckets[client]
-
-
-class RateLimited(TooManyRequests):
-    """429 from the gateway's rate limit; ``retry_after`` seconds go in ``Retry-After``."""
-
-    def __init__(self, detail: str, *, retry_after: int) -> None:
-        super().__init__(detail, id=GATEWAY)
-        self.retry_after = retry_after
-
-
-# -- routes -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """Where a request goes: ``endpoint`` of ``service``, as ``method`` to ``target`` (the
-    path and query the node is sent)."""
-
-    service: str
-    endpoint: Endpoint
-    method: str
-    target: str
-
-    @property
-    def idempotent(self) -> bool:
-        metadata = self.endpoint.metadata
-        if metadata.get("kind") == "rpc":
-            return metadata.get("idempotent") == "true" and "stream" not in metadata
-        return self.method in IDEMPOTENT_METHODS
-
-
-class ServiceRoutes:
-    """The endpoints of one service by path (``/items/{item_id}`` matches ``/items/7``) and,
-    for RPC endpoints, by Go Micro's name rule."""
-
-    def __init__(self, service: str, endpoints: Mapping[str, Endpoint]) -> None:
-        self.service = service
-        self.endpoints = dict(endpoints)
-        self._exact: dict[str, list[Endpoint]] = {}
-        self._templates: list[tuple[re.Pattern[str], list[Endpoint]]] = []
-        self._named: dict[tuple[str, str], Endpoint] = {}
-        templates: dict[str, list[Endpoint]] = {}
-        for endpoint in endpoints.values():
-            metadata = endpoint.metadata
-            path = metadata.get("path")
-            if not path:
-                continue
-            if metadata.get("kind") == "rpc" and metadata.get("method") != "WEBSOCKET":
-                handler, _, method = endpoint.name.rpartition(".")
-                self._named[(_normal(handler), _normal(method))] = endpoint
-            if _PARAMETER.search(path):
-                templates.setdefault(path, []).append(endpoint)
-            else:
-                self._exact.setdefault(path, []).append(endpoint)
-        for path, found in templates.items():
-            self._templates.append((_pattern(path), found))
-
-    def route(self, method: str, path: str, query: str, raw_path: str) -> Route:
-        """The endpoint a ``method`` request for ``path`` (after the service's name) reaches;
-        ``NotFound`` or ``MethodNotAllowed`` (with the methods allowed in its detail)."""
-        target = raw_path + (f"?{query}" if query else "")
-        candidates = self._exact.get(path)
-        if candidates is None:
-            candidates = next((found for p, found in self._templates if p.fullmatch(path)), [])
-        wanted = "GET" if method == "HEAD" else method
-        for endpoint in candidates:
-            if endpoint.metadata.get("method", "POST") == wanted:
-                return Route(self.service, endpoint, method, target)
-        if candidates:
-            allowed = sorted({endpoint.metadata.get("method", "POST") for endpoint in candidates})
-            raise MethodNotAllowed(
-                f"{self.service} serves {path} for {', '.join(allowed)}, not {method}", id=GATEWAY
-            )
-        named = self._by_name(path)
-        if named is not None:
-            if method != "POST":
-                raise MethodNotAllowed(f"{named.name} is called with POST", id=GATEWAY)
-            rpc_target = named.metadata["path"] + (f"?{query}" if query else "")
-            return Route(self.service, named, "POST", rpc_target)
-        raise NotFound(
-            f"{self.service} has no endpoint at {method} {path}; it serves: {self.summary()}",
-            id=GATEWAY,
-        )
-
-    def by_endpoint(self, name: str) -> Route:
-        """The RPC endpoint ``name`` (``Greeter.Hello``), for ``POST /rpc``."""
-        endpoint = self.endpoints.get(name)
-        if endpoint is None or endpoint.metadata.get("kind") != "rpc":
-            known = sorted(n for n, e in self.endpoints.items() if e.metadata.get("kind") == "rpc")
-            raise NotFound(
-                f"{self.service} has no RPC endpoint {name}; it has: {', '.join(known) or 'none'}",
-                id=GATEWAY,
-            )
-        if endpoint.metadata.get("method") == "WEBSOCKET":
-            raise NotImplemented(  # noqa: F901  # asgi_micro.errors' 501
-                f"{name} takes a stream of requests (a WebSocket): the gateway does not proxy it",
-                id=GATEWAY,
-            )
-        return Route(self.service, endpoint, "POST", endpoint.metadata.get("path", ""))
-
-    def summary(self) -> str:
-        served = sorted(
-            f"{e.metadata.get('method', 'POST')} {e.metadata['path']}"
-            for e in self.endpoints.values()
-            if e.metadata.get("path")
-        )
-        return ", ".join(served) or "nothing"
-
-    def _by_name(self, path: str) -> Endpoint | None:
-        """Go Micro's rule: ``/hello`` is ``<Service>.Hello``, ``/say/hello`` ``Say.Hello``."""
-        parts = path[1:].split("/")
-        if len(parts) == 1:
-            parts = [self.service, *parts]
-        if len(parts) != 2 or not all(parts):
-            return None
-        return self._named.get((_normal(parts[0]), _normal(parts[1])))
-
-
-def _normal(name: str) -> str:
-    """``Greeter``, ``greeter``, ``get_item`` and ``GetItem`` compare equal this way."""
-    return _NOT_NAME.sub("", name.lower())
-
-
-def _pattern(path: str) -> re.Pattern[str]:
-    """The regular expression of a route template: ``{name}`` is one segment, ``{name:path}``
-    the rest of the path."""
-    parts: list[str] = []
-    end = 0
-    for match in _PARAMETER.finditer(path):
-        parts.append(re.escape(path[end : match.start()]))
-        parts.append(".+" if match.group(2) == "path" else "[^/]+")
-        end = match.end()
-    parts.append(re.escape(path[end:]))
-    return re.compile("".join(parts))
 
 
 # -- the gateway --------------------------------------------------------------------------------
@@ -756,7 +545,7 @@ class Gateway(Lifecycle):
         if document is None or stale:
             names = sorted(self.routes)
             own = await asyncio.gather(*(self._service_document(name) for name in names))
-            document = _combined(
+            document = combined(
                 {
                     name: (self.routes[name].endpoints, doc)
                     for name, doc in zip(names, own, strict=True)
@@ -787,139 +576,6 @@ class Gateway(Lifecycle):
         expires = 0.0 if own is not None else time.monotonic() + _FAILED_DOCUMENT_AGE
         self._documents[name] = (endpoints, document, expires)
         return document
-
-
-def _combined(
-    services: Mapping[str, tuple[Mapping[str, Endpoint], dict[str, Any]]],
-) -> dict[str, Any]:
-    """One document of ``services``: each one's endpoints, and its own document (``{}`` when
-    it has none) to describe them where it does."""
-    paths: dict[str, Any] = {"/rpc": _RPC_OPERATION}
-    schemas: dict[str, Any] = {ERROR_SCHEMA_NAME: copy.deepcopy(ERROR_SCHEMA)}
-    tags = []
-    for service, (endpoints, own) in services.items():
-        tags.append({"name": service})
-        own_paths = own.get("paths", {})
-        renamed = {
-            name: f"{service}.{name}"
-            for name in own.get("components", {}).get("schemas", {})
-            if name != ERROR_SCHEMA_NAME
-        }
-        for name, schema in own.get("components", {}).get("schemas", {}).items():
-            if name in renamed:
-                schemas[renamed[name]] = _renamed(schema, renamed)
-        for endpoint in sorted(endpoints.values(), key=lambda e: e.name):
-            if "path" not in endpoint.metadata or endpoint.metadata.get("method") == "WEBSOCKET":
-                continue
-            path, method = endpoint.metadata["path"], endpoint.metadata.get("method", "POST")
-            operation = own_paths.get(path, {}).get(method.lower())
-            if operation is None:
-                operation = _from_registry(service, endpoint, schemas)
-            else:
-                operation = _renamed(copy.deepcopy(operation), renamed)
-            operation["tags"] = [service]
-            if "operationId" in operation:
-                operation["operationId"] = f"{service}.{operation['operationId']}"
-            paths.setdefault(f"/{service}{path}", {})[method.lower()] = operation
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "asgi-micro API gateway", "version": __version__},
-        "tags": tags,
-        "paths": paths,
-        "components": {"schemas": schemas},
-    }
-
-
-def _from_registry(service: str, endpoint: Endpoint, schemas: dict[str, Any]) -> dict[str, Any]:
-    """An operation from what the registry says of the endpoint (its message schemas, with
-    their ``$defs`` moved into ``components`` under the service's name)."""
-    metadata = endpoint.metadata
-    operation: dict[str, Any] = {"summary": endpoint.name}
-    if metadata.get("description"):
-        operation["description"] = metadata["description"]
-    if endpoint.request is not None:
-        operation["requestBody"] = {
-            "required": True,
-            "content": {
-                "application/json": {"schema": _hoisted(service, endpoint.request, schemas)}
-            },
-        }
-    ok: dict[str, Any] = {"description": "OK"}
-    if endpoint.response is not None:
-        schema = _hoisted(service, endpoint.response, schemas)
-        if metadata.get("stream") == "server":
-            ok["content"] = {_NDJSON.decode(): {"itemSchema": schema}}
-        else:
-            ok["content"] = {"application/json": {"schema": schema}}
-    error = {"content": {"application/json": {"schema": _error_ref()}}}
-    operation["responses"] = {"200": ok, "default": {"description": "An error", **error}}
-    return operation
-
-
-def _hoisted(service: str, schema: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
-    definitions = schema.get("$defs", {})
-    renamed = {name: f"{service}.{name}" for name in definitions}
-    for name, definition in definitions.items():
-        schemas[renamed[name]] = _renamed(definition, renamed, prefix="#/$defs/")
-    result: dict[str, Any] = _renamed(
-        {key: value for key, value in schema.items() if key != "$defs"}, renamed, prefix="#/$defs/"
-    )
-    return result
-
-
-def _renamed(
-    node: Any, renamed: Mapping[str, str], *, prefix: str = "#/components/schemas/"
-) -> Any:
-    """``node`` with its references to ``prefix<name>`` pointing at the renamed components."""
-    if isinstance(node, dict):
-        out = {}
-        for key, value in node.items():
-            if key == "$ref" and isinstance(value, str) and value.startswith(prefix):
-                name = value[len(prefix) :]
-                value = f"#/components/schemas/{renamed.get(name, name)}"
-            else:
-                value = _renamed(value, renamed, prefix=prefix)
-            out[key] = value
-        return out
-    if isinstance(node, list):
-        return [_renamed(item, renamed, prefix=prefix) for item in node]
-    return node
-
-
-def _error_ref() -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{ERROR_SCHEMA_NAME}"}
-
-
-_RPC_OPERATION: Final[dict[str, Any]] = {
-    "post": {
-        "tags": ["gateway"],
-        "summary": "Call an RPC endpoint by name (Go Micro's /rpc)",
-        "operationId": "gateway.rpc",
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {
-                            "service": {"type": "string", "examples": ["greeter"]},
-                            "endpoint": {"type": "string", "examples": ["Greeter.Hello"]},
-                            "request": {"description": "The request: an object, or JSON text."},
-                        },
-                        "required": ["service", "endpoint"],
-                    }
-                }
-            },
-        },
-        "responses": {
-            "200": {"description": "The endpoint's reply, as the service sent it."},
-            "default": {
-                "description": "An error, the gateway's or the service's",
-                "content": {"application/json": {"schema": _error_ref()}},
-            },
-        },
-    }
-}
 
 
 # -- headers and relaying ---------------------------------------------------------------------

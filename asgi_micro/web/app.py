@@ -79,7 +79,7 @@ class Dashboard:
         trusts: Callable[[str, Node], bool] | None = None,
     ) -> None:
         self.registry = registry
-        self.authorization = None if token is None else bearer_value(token)
+        self.authorization = None if token is None else _bearer_value(token)
         self.client = Client(
             registry=registry,
             caller=CALLER,
@@ -267,7 +267,7 @@ async def _call_request(request: Request) -> tuple[str, str, Any]:
         scheme, _, token = authorization.partition(" ")
         if scheme != "Bearer":
             raise BadRequest("Authorization is 'Bearer <token>'", id=CALLER)
-        bearer_value(token)  # a ValueError, and so a 400, unless it can be a token
+        _bearer_value(token)  # a ValueError, and so a 400, unless it can be a token
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_REQUEST:
         raise PayloadTooLarge(f"a call is at most {MAX_REQUEST} bytes", id=CALLER)
@@ -285,7 +285,7 @@ async def _call_request(request: Request) -> tuple[str, str, Any]:
     return data["service"], data["endpoint"], data.get("request")
 
 
-def bearer_value(token: str) -> str:
+def _bearer_value(token: str) -> str:
     """``Bearer <token>``, for a token that can be one (printable ASCII, no spaces)."""
     if not token or not token.isascii() or not token.isprintable() or " " in token:
         raise ValueError("a bearer token is printable ASCII without spaces")
