@@ -14,7 +14,8 @@ status it answered with (which then changes nothing on the wire: the answer has 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from fastapi.routing import iter_route_contexts
@@ -23,7 +24,7 @@ from starlette.routing import BaseRoute, Mount
 from .context import Context, current_context
 from .endpoints import route_endpoint
 from .errors import MicroError, error_for_status
-from .pipeline import Call
+from .pipeline import Call, Observer
 from .router import ENDPOINT_EXTENSION, rpc_of
 from .state import service_of
 from .types import Message, Receive, Scope, Send
@@ -57,6 +58,9 @@ def _through_wrappers(route: BaseRoute, handle: Any) -> Any:
         host = service_of(scope)
         if host is None or not host.pipeline.wrapped:
             await handle(scope, receive, send)
+            return
+        if not host.pipeline.wrappers:
+            await _observed(host.pipeline.observers, route, handle, scope, receive, send)
             return
         websocket = scope["type"] == "websocket"
         status = 0
@@ -93,6 +97,43 @@ def _through_wrappers(route: BaseRoute, handle: Any) -> Any:
             await send({"type": "websocket.close", "code": 4000 + exc.code})
 
     return handle_wrapped
+
+
+async def _observed(
+    observers: Sequence[Observer],
+    route: BaseRoute,
+    handle: Any,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+) -> None:
+    """The route with observers (metrics) and no wrapper: timed, and the observers told of it
+    as the pipeline tells them (a 4xx or 5xx answer as its ``MicroError``), with no ``Call``
+    to build, since no wrapper would see it."""
+    status = 0
+
+    async def watch(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        await send(message)
+
+    started = time.perf_counter()
+    error: BaseException | None = None
+    try:
+        await handle(scope, receive, watch)
+        if status >= 400:
+            error = error_for_status(status)(f"the route answered {status}")
+            error.code = status
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        elapsed = time.perf_counter() - started
+        protocol = "websocket" if scope["type"] == "websocket" else "http"
+        endpoint = _name(route, scope)
+        for observer in observers:
+            observer(None, protocol, endpoint, elapsed, error)
 
 
 def _name(route: BaseRoute, scope: Scope) -> str:
