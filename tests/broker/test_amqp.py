@@ -374,6 +374,35 @@ async def test_a_subscriber_killed_mid_stream_loses_nothing(
     assert max(delivery for _, delivery in records) <= 2
 
 
+class Lanes:
+    """Publishing without pause on a few lanes at once, so that confirms are awaited when the
+    connection goes; ``published`` holds the ids of the events accepted so far."""
+
+    def __init__(self, publisher: AMQPBroker, name: str, lanes: int = 4, most: int = 5000) -> None:
+        self.published: list[str] = []
+        self.most = lanes * most
+        self._enough = asyncio.Event()
+
+        async def lane() -> None:
+            for n in range(most):
+                if self._enough.is_set():
+                    return
+                self.published.append(await publisher.publish(name, orjson.dumps({"n": n})))
+
+        self._lanes = asyncio.gather(*(lane() for _ in range(lanes)))
+
+    async def on_for(self, count: int, timeout: float) -> None:
+        """Wait for ``count`` more accepted events, then stop the lanes."""
+        resumed_at = len(self.published)
+        await until(lambda: len(self.published) >= resumed_at + count, "publishing on", timeout)
+        self._enough.set()
+        await asyncio.wait_for(self._lanes, timeout=timeout)
+        assert len(self.published) < self.most, "publishing ended before the fault"
+
+    def cancel(self) -> None:
+        self._lanes.cancel()
+
+
 # -- connections dropped by the server --------------------------------------------------------
 
 
@@ -434,7 +463,7 @@ async def test_connections_dropped_mid_stream_lose_nothing(
     while events are published and handled: the publisher sends again what was not
     confirmed, the group loses nothing, and the broadcast subscription resumes."""
     caplog.set_level(logging.INFO, logger="asgi_micro_amqp.broker")
-    name, lanes, most = topic(), 4, 5000
+    name = topic()
     async with (
         space.make("publisher") as publisher,
         space.make("grouped") as grouped,
@@ -446,17 +475,8 @@ async def test_connections_dropped_mid_stream_lose_nothing(
         await broadcast.subscribe(name, recorder(in_broadcast))
         before = await connections_of(space)
         assert len(before) == 3, before
-        published: list[str] = []
-        enough = asyncio.Event()
-
-        async def lane() -> None:
-            # Publishing without pause, so that confirms are awaited when the connection goes.
-            for n in range(most):
-                if enough.is_set():
-                    return
-                published.append(await publisher.publish(name, orjson.dumps({"n": n})))
-
-        publishing = asyncio.gather(*(lane() for _ in range(lanes)))
+        publishing = Lanes(publisher, name)
+        published = publishing.published
         try:
             await until(lambda: len(in_group) >= 200, "the first 200")
             dropped_after = len(published)
@@ -467,13 +487,9 @@ async def test_connections_dropped_mid_stream_lose_nothing(
                 )
             )
             await reconnected(space, before)
-            resumed_at = len(published)
-            await until(lambda: len(published) >= resumed_at + 200, "publishing on")
-            enough.set()
-            await asyncio.wait_for(publishing, timeout=WAIT)
+            await publishing.on_for(200, timeout=WAIT)
         finally:
             publishing.cancel()
-        assert len(published) < lanes * most, "publishing ended before the connections dropped"
         await until(
             lambda: set(published) <= {event.id for event in in_group}, "every event in the group"
         )
@@ -510,7 +526,7 @@ async def test_the_server_restarted_mid_stream_loses_nothing() -> None:
     """A RabbitMQ of the test's own is stopped and started again while events are published
     to a queue group and handled: publishes wait for the server and are confirmed once it is
     back, the group's quorum queue comes back with what it held, and nothing is lost."""
-    name, lanes, most = topic(), 4, 5000
+    name = topic()
     async with rabbitmq_server() as server:
         space = Namespace(f"test.{uuid.uuid4().hex}", server=server.url)
         try:
@@ -519,29 +535,15 @@ async def test_the_server_restarted_mid_stream_loses_nothing() -> None:
             await grouped.start()
             in_group: list[Event] = []
             await grouped.subscribe(name, recorder(in_group), queue="workers")
-            published: list[str] = []
-            enough = asyncio.Event()
-
-            async def lane() -> None:
-                for n in range(most):
-                    if enough.is_set():
-                        return
-                    published.append(await publisher.publish(name, orjson.dumps({"n": n})))
-
-            publishing = asyncio.gather(*(lane() for _ in range(lanes)))
+            publishing = Lanes(publisher, name)
+            published = publishing.published
             try:
                 await until(lambda: len(in_group) >= 200, "the first 200", timeout=WAIT)
                 restarted_after = len(published)
                 await server.restart()
-                resumed_at = len(published)
-                await until(
-                    lambda: len(published) >= resumed_at + 200, "publishing on", timeout=WAIT * 2
-                )
-                enough.set()
-                await asyncio.wait_for(publishing, timeout=WAIT * 2)
+                await publishing.on_for(200, timeout=WAIT * 2)
             finally:
                 publishing.cancel()
-            assert len(published) < lanes * most, "publishing ended before the restart"
             await until(
                 lambda: set(published) <= {event.id for event in in_group},
                 "every event in the group",
