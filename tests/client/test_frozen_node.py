@@ -166,8 +166,9 @@ async def test_a_frozen_node_is_left_out_for_every_strategy(
                 f"{name}: {len(failed)} lost, {len(late)} of them late "
                 f"(silence allowed {allowed[id(load)]:.2f} s)"
             )
-        # No call outlives its deadline (a little scheduling slack on a busy machine).
-        if slowest > TIMEOUT + 0.25:
+        # No call outlives its deadline, but for scheduling slack on a busy machine: in CI
+        # every client once saw a call end at 3.29 s together, the test's own loop late.
+        if slowest > TIMEOUT + 0.5:
             problems.append(f"{name}: a call took {slowest:.2f} s")
         # Ejected for at most max_ejection at a time: back within that of the thaw.
         if back is None or back > load.client.outliers.max_ejection + 1.0:

@@ -244,7 +244,14 @@ async def test_with_auth_on_a_call_goes_with_the_page_s_token_or_the_dashboard_s
 ) -> None:
     name = f"guarded-{uuid.uuid4().hex[:8]}"
     registry = MemoryRegistry(name)  # each dashboard has one of its own: stopping it forgets
-    service, app = greeter(name, f"t.{name}", registry, auth=f"jwt://?keys={tmp_path / 'k.json'}")
+    port = free_port()  # two servers in this process: the greeter's address is not guessed
+    service, app = greeter(
+        name,
+        f"t.{name}",
+        registry,
+        auth=f"jwt://?keys={tmp_path / 'k.json'}",
+        address=f"127.0.0.1:{port}",
+    )
     seen: list[str] = []  # calls that reached a node that is not the greeter's (not probes)
 
     async def impostor(scope: Any, receive: Any, send: Any) -> None:
@@ -254,7 +261,7 @@ async def test_with_auth_on_a_call_goes_with_the_page_s_token_or_the_dashboard_s
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b'{"message": "stolen"}'})
 
-    async with serve(app) as address, serve(impostor) as stranger:
+    async with serve(app, port=port) as address, serve(impostor) as stranger:
         await service.wait_registered(timeout=30.0)
         account = await service.auth.generate("ada", scopes=["user"])
         await service.auth.grant(Rule("users", "user", Resource("service", name, "*")))
