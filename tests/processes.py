@@ -114,6 +114,28 @@ async def asgi_micro(
     )
 
 
+async def spawn(
+    *args: str,
+    log: IO[bytes],
+    command: Sequence[str] = ASGI_MICRO,
+    cwd: Path = ROOT,
+    env: Mapping[str, str] | None = None,
+) -> asyncio.subprocess.Process:
+    """Start ``asgi-micro ARGS`` as a server of its own: in this test's environment (with
+    ``env`` added), its output to ``log``, in a session of its own so that its whole group
+    can be signalled."""
+    return await asyncio.create_subprocess_exec(
+        *command,
+        *args,
+        cwd=cwd,
+        env={**environment(), **(env or {})},
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+
+
 @dataclass
 class Server:
     """``asgi-micro run TARGET`` on a free loopback port."""
@@ -142,21 +164,13 @@ class Server:
         return self.process.pid
 
     async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            *self.command,
-            "run",
-            self.target,
-            "--port",
-            str(self.port),
-            "--log-level",
-            "warning",
+        self.process = await spawn(
+            *("run", self.target, "--port", str(self.port), "--log-level", "warning"),
             *self.args,
+            log=self.log,
+            command=self.command,
             cwd=self.cwd,
-            env={**environment(), **self.env},
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=self.log,
-            start_new_session=True,
+            env=self.env,
         )
 
     async def ready(self, *, timeout: float = 30.0) -> None:

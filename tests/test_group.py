@@ -28,7 +28,7 @@ from asgi_micro.group import GroupError, ServiceGroup
 from asgi_micro.registry import Registry
 from tests.group_apps.peers import peer
 from tests.helpers import eventually, mdns
-from tests.processes import ASGI_MICRO, ROOT, Server, asgi_micro, environment, serving
+from tests.processes import Server, asgi_micro, serving, spawn
 
 PING = "tests/group_apps/ping.py"
 PONG = "tests/group_apps/pong.py"
@@ -182,16 +182,7 @@ async def test_run_serves_several_apps_and_stops_them_all_on_sigterm(
     http: httpx.AsyncClient,
 ) -> None:
     with tempfile.TemporaryFile() as log:
-        process = await asyncio.create_subprocess_exec(
-            *ASGI_MICRO,
-            *("run", PING, PONG, "--port", "0", "--log-level", "info"),
-            cwd=ROOT,
-            env=environment(),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
+        process = await spawn("run", PING, PONG, "--port", "0", "--log-level", "info", log=log)
 
         def output() -> str:
             log.seek(0)

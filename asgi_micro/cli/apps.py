@@ -13,7 +13,7 @@ import typer
 
 from ..service import Service
 
-__all__ = ["check_importable", "import_app", "locate_app", "service_of"]
+__all__ = ["check_importable", "import_app", "locate_app", "service_of", "target_service"]
 
 
 def locate_app(target: str) -> tuple[str, str]:
@@ -86,3 +86,9 @@ def service_of(app: Any, module: Any) -> Service | None:
             return service
     found = [value for value in vars(module).values() if isinstance(value, Service)]
     return found[0] if len(found) == 1 else None
+
+
+def target_service(target: str, app: Any) -> Service | None:
+    """The ``Service`` of ``app``, which ``target`` named and ``import_app`` imported, as
+    ``service_of`` finds it in that module."""
+    return service_of(app, sys.modules[locate_app(target)[0].partition(":")[0]])

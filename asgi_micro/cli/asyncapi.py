@@ -8,14 +8,13 @@ from the broker the service would use here (``MICRO_BROKER``).
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
 
 from ..asyncapi import asyncapi as asyncapi_document
 from ..service import Service
-from .apps import import_app, locate_app, service_of
+from .apps import import_app, target_service
 from .common import print_json
 
 __all__ = ["asyncapi"]
@@ -33,8 +32,7 @@ def asyncapi(
     found = import_app(target)
     service = found
     if not isinstance(found, Service):
-        module = sys.modules.get(locate_app(target)[0].partition(":")[0])
-        service = service_of(found, module)
+        service = target_service(target, found)
     if service is None:
         raise typer.BadParameter(
             "cannot tell which Service serves this app; name it as module:service",

@@ -19,7 +19,7 @@ import typer
 from ..client.codegen import class_name, generate
 from ..endpoints import endpoints_of
 from ..registry import Endpoint
-from .apps import import_app, locate_app, service_of
+from .apps import import_app, target_service
 from .common import DEFAULT_URL, RegistryOption, errors, every_node, with_registry
 
 __all__ = ["client"]
@@ -76,8 +76,7 @@ def _from_app(target: str, name: str | None) -> tuple[str, list[Endpoint]]:
     """The service name and the endpoints of the app ``target``, as it would register them."""
     app = import_app(target)
     if name is None:
-        module = sys.modules.get(locate_app(target)[0].partition(":")[0])
-        service = service_of(app, module)
+        service = target_service(target, app)
         if service is None:
             raise typer.BadParameter(
                 "cannot tell which Service serves this app; name it with --service",

@@ -6,7 +6,6 @@ asgi-micro proto example_apps/greeter/app.py --check greeter.proto   # exit 1 if
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +13,7 @@ import typer
 
 from ..grpc.schema import grpc_schema, service_package
 from ..protobuf import IncompatibleSchema, ProtoSchemaError, check_compatible, render_proto
-from .apps import import_app, locate_app, service_of
+from .apps import import_app, target_service
 
 __all__ = ["proto"]
 
@@ -40,8 +39,7 @@ def proto(
     """Print the .proto of APP's RPC endpoints: what gRPC serves, to generate clients from."""
     app = import_app(target)
     if package is None:
-        module = sys.modules.get(locate_app(target)[0].partition(":")[0])
-        service = service_of(app, module)
+        service = target_service(target, app)
         if service is None:
             raise typer.BadParameter(
                 "cannot tell which Service serves this app; name the package with --package",

@@ -22,7 +22,7 @@ from asgi_micro.registry import Node
 from asgi_micro.registry import Service as ServiceRecord
 from tests.browser import chromium, require_chromium
 from tests.helpers import eventually, free_port, mdns
-from tests.processes import ASGI_MICRO, GREETER, ROOT, environment, serving
+from tests.processes import GREETER, serving, spawn
 
 pytestmark = pytest.mark.slow
 
@@ -35,18 +35,7 @@ async def dashboard() -> AsyncIterator[str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile() as log:
-        process = await asyncio.create_subprocess_exec(
-            *ASGI_MICRO,
-            "web",
-            "--port",
-            str(port),
-            cwd=ROOT,
-            env=environment(),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
+        process = await spawn("web", "--port", str(port), log=log)
         try:
             async with httpx.AsyncClient(trust_env=False) as http:
 
