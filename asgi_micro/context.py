@@ -22,7 +22,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Collection, Mapping, Sequence
 from contextvars import ContextVar, Token
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, AnyStr, Generic, TypeVar
 
 from .errors import BadRequest, Timeout
@@ -174,6 +174,7 @@ _GRPC = _Wire(
     deadline=False,  # grpc-timeout carries it
     binary_suffix="-bin",
 )
+_GRPC_UNTRUSTED = replace(_GRPC, first=frozenset("ta"), initials=frozenset("ta"))
 
 
 def read_headers(
@@ -226,10 +227,13 @@ def without_metadata(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes
     return [(name, value) for name, value in headers if not name.startswith(b"micro-")]
 
 
-def read_metadata(metadata: Sequence[tuple[str, str | bytes]]) -> Context | None:
+def read_metadata(
+    metadata: Sequence[tuple[str, str | bytes]], *, trusted: bool = True
+) -> Context | None:
     """The context gRPC metadata (lower-case keys) carries, or ``None`` when it carries none;
-    the deadline comes from the call itself."""
-    return read_headers(metadata, _GRPC)  # type: ignore[arg-type]
+    the deadline comes from the call itself. Not ``trusted``, the ``micro-*`` keys are left
+    out: only the trace and the bearer token, which auth verifies, are read."""
+    return read_headers(metadata, _GRPC if trusted else _GRPC_UNTRUSTED)  # type: ignore[arg-type]
 
 
 def _text(value: str | bytes) -> str:

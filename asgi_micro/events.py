@@ -226,19 +226,10 @@ def _decode(event: Event, rpc: RPC, error_id: str) -> Any:
 
 
 def _context(event: Event, trusted: bool) -> Context:
-    headers = event.headers
-    if trusted:
-        found = read_metadata(
-            [(name, value) for name, value in headers.items() if name != "micro-deadline"]
-        )
-    else:
-        found = read_metadata(  # what a caller cannot forge: the trace, and a token auth checks
-            [
-                (name, value)
-                for name, value in headers.items()
-                if name.startswith("trace") or name == "authorization"
-            ]
-        )
+    found = read_metadata(
+        [(name, value) for name, value in event.headers.items() if name != "micro-deadline"],
+        trusted=trusted,  # else only what a caller cannot forge: the trace, and a token auth checks
+    )
     context = found or Context()
     context.deadline = deadline_of(event)
     return context

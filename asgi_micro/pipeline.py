@@ -34,6 +34,7 @@ on every protocol, or by returning a reply of its own without calling ``next``.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import functools
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BaseCall",
     "Call",
+    "Gate",
     "Host",
     "Next",
     "Observer",
@@ -143,6 +145,8 @@ class Call(BaseCall):
         self.write = write or _no_stream
 
 
+Direct = Callable[[Any, Context], Awaitable[Any]]
+"""An RPC's fast path (``Pipeline.direct``): ``await direct(request, context)``."""
 Next = Callable[[Call], Awaitable[Any]]
 """The rest of the pipeline, as a wrapper calls it: ``await next(call)``."""
 Wrapper = Callable[[Call, Next], Awaitable[Any]]
@@ -150,6 +154,25 @@ Wrapper = Callable[[Call, Next], Awaitable[Any]]
 Observer = Callable[["Call | None", str, str, float, "BaseException | None"], None]
 """Told of every call once it ended: ``observer(call, protocol, endpoint, seconds, error)``;
 ``call`` is ``None`` on a fast path that built none, ``error`` what the call raised."""
+
+
+class Gate(abc.ABC):
+    """A server wrapper that only decides whether a call goes on, from its context (metadata,
+    bearer token), its endpoint and its protocol; it may leave what it found in the context
+    (auth's ``context.account``). Added with ``wrap`` like any wrapper; unlike one, it lets
+    the entry points keep their fast path: where every wrapper of an endpoint is a gate, they
+    run ``admit`` and then the handler, with no ``Call`` built and no chain run."""
+
+    @abc.abstractmethod
+    def admit(self, context: Context, endpoint: str, protocol: str) -> Awaitable[None] | None:
+        """Let the call on (return ``None``) or refuse it (raise a ``MicroError``); for the
+        rare call that takes I/O to decide, return an awaitable that does either."""
+
+    async def __call__(self, call: Call, next: Next) -> Any:
+        pending = self.admit(call.context, call.endpoint, call.protocol)
+        if pending is not None:
+            await pending
+        return await next(call)
 
 
 class Host(Protocol):
@@ -199,7 +222,7 @@ class Pipeline:
         self.draining = False
         self.frozen = False  # set once the service serves: wrappers are in place by then
         self._handlers: dict[RPC, Next] = {}
-        self._direct: dict[tuple[RPC, str], Callable[[Any], Awaitable[Any]]] = {}
+        self._direct: dict[tuple[RPC, str], Direct] = {}
         self._idle: asyncio.Event | None = None
 
     def wrap(self, wrapper: Wrapper) -> Wrapper:
@@ -211,6 +234,7 @@ class Pipeline:
         check_wrapper(wrapper)
         self.wrappers = (*self.wrappers, wrapper)
         self._handlers.clear()
+        self._direct.clear()
         return wrapper
 
     def observe(self, observer: Observer) -> Observer:
@@ -229,6 +253,11 @@ class Pipeline:
         """Whether anything runs around the handlers: a wrapper or an observer."""
         return bool(self.wrappers or self.observers)
 
+    @property
+    def gated(self) -> bool:
+        """Whether a ``Gate`` is among the wrappers: then every call's context is read."""
+        return any(isinstance(wrapper, Gate) for wrapper in self.wrappers)
+
     # -- running calls ------------------------------------------------------------------------
 
     def handler(self, rpc: RPC) -> Next:
@@ -238,19 +267,23 @@ class Pipeline:
             found = self._handlers[rpc] = self.chain(_invoker(rpc, self.host))
         return found
 
-    def direct(self, rpc: RPC, protocol: str = "http") -> Callable[[Any], Awaitable[Any]] | None:
-        """The handler of ``rpc`` itself when no wrapper is around it and it needs nothing but
-        its request (no dependencies, the request its one parameter): then the request is all
-        a call over ``protocol`` needs, and an entry point may skip building the ``Call``; the
-        observers are told of it all the same. ``None`` otherwise."""
-        if self.wrappers or rpc.server_streaming or not rpc.plain:
+    def direct(self, rpc: RPC, protocol: str = "http") -> Direct | None:
+        """``rpc``'s fast path over ``protocol``, when it needs nothing but its request (no
+        dependencies, the request its one parameter) and every wrapper is a ``Gate``: then
+        ``direct(request, context)`` is all a call takes, and an entry point may skip building
+        the ``Call``. The gates admit it first; the observers are told of it all the same.
+        ``None`` otherwise."""
+        if rpc.server_streaming or not rpc.plain:
             return None
-        if not self.observers:
-            return rpc.handler
         key = (rpc, protocol)
         found = self._direct.get(key)
         if found is None:
-            found = self._direct[key] = _observed(rpc.handler, protocol, rpc.name, self.observers)
+            gates = tuple(wrapper for wrapper in self.wrappers if isinstance(wrapper, Gate))
+            if len(gates) < len(self.wrappers):
+                return None
+            found = self._direct[key] = _direct(
+                rpc.handler, gates, self.observers, protocol, rpc.name
+            )
         return found
 
     def chain(self, handler: Next) -> Next:
@@ -342,19 +375,32 @@ def _link(
     return step
 
 
-def _observed(
+def _direct(
     handler: Callable[[Any], Awaitable[Any]],
+    gates: Sequence[Gate],
+    observers: Sequence[Observer],
     protocol: str,
     endpoint: str,
-    observers: Sequence[Observer],
-) -> Callable[[Any], Awaitable[Any]]:
-    """``handler`` on a fast path, with ``observers`` told of each call."""
+) -> Direct:
+    """``handler`` on a fast path: behind ``gates``, with ``observers`` told of each call."""
+    if gates:
+        inner = _gated(handler, gates, protocol, endpoint)
+    else:
 
-    async def observed(request: Any) -> Any:
+        def inner(request: Any, context: Context) -> Awaitable[Any]:
+            return handler(request)
+
+    if not observers:
+        return inner
+    call = inner if gates else None
+
+    async def observed(request: Any, context: Context) -> Any:
         started = time.perf_counter()
         error: BaseException | None = None
         try:
-            return await handler(request)
+            if call is None:
+                return await handler(request)
+            return await call(request, context)
         except BaseException as exc:
             error = exc
             raise
@@ -364,6 +410,30 @@ def _observed(
                 observer(None, protocol, endpoint, elapsed, error)
 
     return observed
+
+
+def _gated(
+    handler: Callable[[Any], Awaitable[Any]], gates: Sequence[Gate], protocol: str, endpoint: str
+) -> Direct:
+    if len(gates) == 1:
+        admit = gates[0].admit
+
+        async def gated(request: Any, context: Context) -> Any:
+            pending = admit(context, endpoint, protocol)
+            if pending is not None:
+                await pending
+            return await handler(request)
+
+        return gated
+
+    async def through_gates(request: Any, context: Context) -> Any:
+        for gate in gates:
+            pending = gate.admit(context, endpoint, protocol)
+            if pending is not None:
+                await pending
+        return await handler(request)
+
+    return through_gates
 
 
 def check_wrapper(wrapper: Any) -> None:

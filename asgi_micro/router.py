@@ -328,9 +328,9 @@ async def serve_rpc(
             context = read_headers(scope["headers"])
         direct = host.pipeline.direct(rpc) if host is not None else None
         if direct is not None and (context is None or not own):
-            # Nothing around the handler, and no deadline of its own to enforce here: the
-            # request is all it takes.
-            result = await direct(request)
+            # Nothing but gates around the handler, and no deadline of its own to enforce
+            # here: the request (and the context, for the gates) is all it takes.
+            result = await direct(request, context if context is not None else Context())
         else:
             call = Call(
                 rpc.name,

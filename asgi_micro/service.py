@@ -215,7 +215,7 @@ class Service(Lifecycle):
         if self.metrics.on:
             self.pipeline.observe(self.metrics.served)
         if self.guard.on:
-            self.pipeline.wrap(self.guard.enforce)
+            self.pipeline.wrap(self.guard)
             self.guard.teacher = jwks_through(self.http)
         self.events = Events(self)
         self.publisher = Publisher(self)

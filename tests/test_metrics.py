@@ -278,7 +278,7 @@ def test_metrics_are_on_by_default_and_outside_auth() -> None:
     assert service.metrics.on
     # An observer, outside every wrapper (auth's refusals are counted), fast paths kept.
     assert service.pipeline.observers == (service.metrics.served,)
-    assert service.pipeline.wrappers == (service.guard.enforce,)
+    assert service.pipeline.wrappers == (service.guard,)
     assert not Service("off", registry=MemoryRegistry(), metrics=False).metrics.on
 
 

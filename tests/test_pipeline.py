@@ -25,8 +25,9 @@ from asgi_micro import MicroRouter, Service, errors
 from asgi_micro.client import ClientCall, ClientNext
 from asgi_micro.client.grpc import GrpcTransport
 from asgi_micro.codec import PROTOBUF
+from asgi_micro.context import Context
 from asgi_micro.grpc.status import error_from_status
-from asgi_micro.pipeline import Call, Next, Pipeline
+from asgi_micro.pipeline import Call, Gate, Next, Pipeline
 from asgi_micro.registry.memory import MemoryRegistry
 from tests.helpers import free_port, serve
 
@@ -111,16 +112,44 @@ class Lab:
         return address
 
 
+class Doorman(Gate):
+    """A gate recording whom it let in, refusing when told to or when it takes I/O to decide
+    (``micro-ask`` metadata) and the answer is no."""
+
+    def __init__(self, seen: Seen) -> None:
+        self.seen = seen
+
+    def admit(self, context: Context, endpoint: str, protocol: str) -> Any:
+        if "ask" in context.metadata:
+            return self.ask(context, endpoint, protocol)
+        self.decide(context, endpoint, protocol)
+        return None
+
+    def decide(self, context: Context, endpoint: str, protocol: str) -> None:
+        self.seen.calls.append((endpoint, protocol, ""))
+        self.seen.metadata.append(dict(context.metadata))
+        if self.seen.refuse:
+            raise errors.Forbidden(f"{endpoint} refused", id="lab-guard")
+
+    async def ask(self, context: Context, endpoint: str, protocol: str) -> None:
+        await asyncio.sleep(0)
+        self.decide(context, endpoint, protocol)
+
+
 @contextlib.asynccontextmanager
-async def lab_app(*, lifespan: bool) -> AsyncIterator[Lab]:
+async def lab_app(*, lifespan: bool, gate: bool = False) -> AsyncIterator[Lab]:
     seen = Seen()
     port = free_port()
     service = Service(
         "lab", registry=MemoryRegistry(), address=f"127.0.0.1:{port}", drain_grace=0.0
     )
+    if gate:
+        service.wrap(Doorman(seen))
 
     @service.wrap
     async def record(call: Call, next: Next) -> Any:
+        if gate:
+            return await next(call)
         seen.calls.append((call.endpoint, call.protocol, call.kind))
         seen.requests.append(call.request)
         seen.metadata.append(dict(call.metadata))
@@ -376,6 +405,69 @@ async def test_a_drain_waits_for_a_grpc_stream() -> None:
         release.set()
         assert [reply async for reply in replies] == []
         await asyncio.wait_for(draining, 5)
+
+
+@pytest.mark.parametrize("ask", [False, True], ids=["at once", "after I/O"])
+async def test_a_gate_admits_and_refuses_on_every_protocol(ask: bool) -> None:
+    """A ``Gate`` is a wrapper that decides from the context alone: it sees every call by the
+    same names, and its refusal reads as a wrapper's does on every protocol."""
+    async with (
+        lab_app(lifespan=True, gate=True) as lab,
+        httpx.AsyncClient(base_url=f"http://{lab.http}", trust_env=False) as http,
+    ):
+        headers = {"micro-ask": "1"} if ask else {}
+        http.headers.update(headers)
+        answers = await over_every_protocol(lab, http)
+        failed = {name: answer for name, answer in answers.items() if isinstance(answer, Exception)}
+        assert failed == {}
+        assert [(endpoint, protocol) for endpoint, protocol, _ in lab.seen.calls[:8]] == [
+            (endpoint, protocol) for endpoint, protocol, _ in EXPECTED_CALLS[:8]
+        ]
+        lab.seen.refuse = True
+        reply = await http.post("/lab/hello", json={"text": "no"})
+        assert reply.status_code == 403
+        assert reply.json()["id"] == "lab-guard"
+        async with GrpcTransport() as transport:
+            with pytest.raises(errors.Forbidden, match=r"Lab\.Hello refused"):
+                await transport.unary(
+                    lab.grpc,
+                    "/lab.Lab/Hello",
+                    Echo(text="no"),
+                    response_model=Echo,
+                    metadata=tuple(headers.items()),
+                )
+        assert lab.service.stats.errors == 0
+
+
+def test_gates_keep_the_fast_path_and_other_wrappers_do_not() -> None:
+    hello = router(Seen()).rpcs["Hello"]
+    pipeline = Pipeline()
+    assert pipeline.direct(hello) is not None
+    pipeline.wrap(Doorman(Seen()))
+    assert pipeline.gated
+    assert pipeline.direct(hello) is not None
+
+    async def plain(call: Call, next: Next) -> Any:
+        return await next(call)
+
+    pipeline.wrap(plain)
+    assert pipeline.direct(hello) is None
+
+
+async def test_a_gate_on_the_fast_path_runs_before_the_handler() -> None:
+    seen = Seen()
+    hello = router(seen).rpcs["Hello"]
+    pipeline = Pipeline()
+    pipeline.wrap(Doorman(seen))
+    direct = pipeline.direct(hello, "grpc")
+    assert direct is not None
+    assert await direct(Echo(text="in"), Context({"who": "me"})) == Echo(text="hello in")
+    assert await direct(Echo(text="later"), Context({"ask": "1"})) == Echo(text="hello later")
+    assert seen.calls == [("Lab.Hello", "grpc", "")] * 2
+    assert seen.metadata == [{"who": "me"}, {"ask": "1"}]
+    seen.refuse = True
+    with pytest.raises(errors.Forbidden):
+        await direct(Echo(text="out"), Context())
 
 
 def test_wrappers_are_async_and_added_before_serving() -> None:

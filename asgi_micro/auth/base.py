@@ -185,6 +185,12 @@ class Auth(Pluggable):
     def verify_token(self, token: str) -> Account:
         """``inspect`` without I/O, for every call: cached until the token expires."""
 
+    def verified(self, token: str) -> tuple[Account, float]:
+        """``verify_token``, and until when (``time.time()`` seconds) its answer holds: a
+        guard admits the token's calls to an endpoint it has admitted it to without asking
+        again until then. By default the answer holds for no time (it is asked every call)."""
+        return self.verify_token(token), 0.0
+
     def verify_event(self, token: str, *, topic: str, event_id: str, body: bytes) -> Account:
         """The publisher of an event, from the token made for that event alone (``event_token``):
         valid, and naming this topic, this event and this body."""

@@ -43,7 +43,7 @@ from joserfc import jws
 from joserfc.errors import JoseError
 
 from ..errors import MicroError, Unauthorized
-from ..pipeline import Call, Next
+from ..pipeline import Call, Gate, Next
 from .base import Account, Auth
 from .jwt import UnknownKey
 from .rules import Access, Resource, Rule, decide, ordered, refuse
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     import httpx
 
     from ..broker.base import Event
+    from ..context import Context
     from ..registry import Node
 
 __all__ = ["PUBLIC_INTERNAL", "Guard", "bearer", "jwks_through"]
@@ -90,8 +91,8 @@ def bearer(authorization: str | None) -> tuple[str | None, str]:
     return token, ""
 
 
-class Guard:
-    """The auth of one service: ``enforce`` (its outermost server wrapper), ``identity`` (the
+class Guard(Gate):
+    """The auth of one service: a ``Gate`` (its outermost server wrapper), ``identity`` (the
     token its calls carry), ``proof``/``trusts`` (registrations), the rules in force."""
 
     def __init__(
@@ -123,6 +124,8 @@ class Guard:
         """Fetches a service's JWKS through the registry (set by the service)."""
         self._asked: dict[str, float] = {}
         self._decisions: dict[tuple[str, str, tuple[str, ...] | None], Rule | None] = {}
+        # Authorization value -> (account, until when, endpoints it was admitted to).
+        self._admitted: dict[str | None, tuple[Account | None, float, set[str]]] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -168,6 +171,7 @@ class Guard:
         if rules != self.rules:
             self.rules = rules
             self._decisions = {}
+            self._admitted = {}
 
     @property
     def enforcing(self) -> bool:
@@ -177,21 +181,56 @@ class Guard:
 
     # -- incoming calls -----------------------------------------------------------------------
 
-    async def enforce(self, call: Call, next: Next) -> Any:
+    async def __call__(self, call: Call, next: Next) -> Any:
         """The server wrapper: who calls, and whether they may."""
-        context = call.context
-        event = call.state.get("event") if call.protocol == "event" else None
+        if call.protocol != "event":
+            pending = self.admit(call.context, call.endpoint, call.protocol)
+            if pending is not None:
+                await pending
+            return await next(call)
+        # An event carries a token made for it alone: verified against the event.
+        context, event = call.context, call.state.get("event")
         account, reason, error = self._verify(context.authorization, event)
         if isinstance(error, UnknownKey) and await self._learn(context.authorization):
             account, reason, error = self._verify(context.authorization, event)
-        self._decide(
-            context,
-            account,
-            reason,
-            call.endpoint,
-            "topic" if call.protocol == "event" else "service",
-        )
+        self._decide(context, account, reason, call.endpoint, "topic")
         return await next(call)
+
+    def admit(self, context: Context, endpoint: str, protocol: str) -> Awaitable[None] | None:
+        """A call (not an event): decided at once, unless its token is signed with a key the
+        ring lacks, which is first learnt where the guard can (see ``_learn``). A token (or
+        no token) once admitted to an endpoint is admitted again at the cost of a look-up,
+        until it expires or the rules or keys change: this runs on every call."""
+        authorization = context.authorization
+        admitted = self._admitted.get(authorization)
+        if admitted is not None and endpoint in admitted[2] and time.time() < admitted[1]:
+            _name_caller(context, admitted[0])
+            return None
+        token, reason = bearer(authorization)
+        account, until = None, float("inf")  # no token: as good as the rules say, for good
+        if token is not None:
+            try:
+                account, until = self.auth.verified(token)
+            except UnknownKey as exc:
+                if self.teacher is not None:
+                    return self._admit_learning(context, endpoint, authorization)
+                reason = exc.detail
+            except MicroError as exc:
+                reason = exc.detail
+        self._decide(context, account, reason, endpoint, "service")
+        if account is not None or token is None:  # not a token that failed: it may yet pass
+            if admitted is None or time.time() >= admitted[1]:
+                if len(self._admitted) >= _DECISIONS:
+                    self._admitted.clear()
+                admitted = self._admitted[authorization] = (account, until, set())
+            admitted[2].add(endpoint)
+        return None
+
+    async def _admit_learning(
+        self, context: Context, endpoint: str, authorization: str | None
+    ) -> None:
+        account, reason = await self.identify(authorization)
+        self._decide(context, account, reason, endpoint, "service")
 
     def check(self, context: Any, endpoint: str, kind: str) -> None:
         """Decide on a call to ``endpoint`` without going through the pipeline."""
@@ -201,12 +240,7 @@ class Guard:
     def _decide(
         self, context: Any, account: Account | None, reason: str, endpoint: str, kind: str
     ) -> None:
-        context.account = account
-        metadata = context.metadata
-        if account is not None and account.type == "service":
-            metadata["from-service"] = account.id
-        elif "from-service" in metadata:
-            del metadata["from-service"]
+        _name_caller(context, account)
         if self.rules or self.default == "deny":
             # Decided once per endpoint and set of scopes, until the rules change.
             key = (kind, endpoint, account.scopes if account is not None else None)
@@ -330,9 +364,11 @@ class Guard:
         while True:
             await asyncio.sleep(self.rules_refresh)
             try:
-                if self.auth.reload_keys() and self._tasks:
-                    self._mint()
-                    self._proof = None
+                if self.auth.reload_keys():
+                    self._admitted = {}
+                    if self._tasks:
+                        self._mint()
+                        self._proof = None
                 await self.load_rules()
             except Exception:  # the store is away: the rules known last stay in force
                 logger.warning("%s: could not reload the auth rules", self.service, exc_info=True)
@@ -380,6 +416,17 @@ class Guard:
             and claims.get("type") == "service"
             and tuple(claims.get("node") or ()) == _bound(node)
         )
+
+
+def _name_caller(context: Any, account: Account | None) -> None:
+    """The verified caller in the call's context; ``from-service`` only from a service's
+    token."""
+    context.account = account
+    metadata = context.metadata
+    if account is not None and account.type == "service":
+        metadata["from-service"] = account.id
+    elif "from-service" in metadata:
+        del metadata["from-service"]
 
 
 def _bound(node: Node) -> tuple[str, ...]:

@@ -309,18 +309,22 @@ class JWTAuth(Auth):
         return account
 
     def verify_token(self, token: str) -> Account:
+        return self.verified(token)[0]
+
+    def verified(self, token: str) -> tuple[Account, float]:
         cached = self._verified.get(token)
         if cached is not None:
-            account, expires = cached
-            if time.time() < expires:
-                return account
+            if time.time() < cached[1]:
+                return cached
             del self._verified[token]
         claims = self.verify_claims(token, use="access")
-        account = claims_account(claims)
         if len(self._verified) >= _CACHE_SIZE:
             self._verified.pop(next(iter(self._verified)))
-        self._verified[token] = (account, float(claims["exp"]) + self.leeway)
-        return account
+        verified = self._verified[token] = (
+            claims_account(claims),
+            float(claims["exp"]) + self.leeway,
+        )
+        return verified
 
     def verify_claims(self, token: str, *, use: str, now: float | None = None) -> dict[str, Any]:
         if not isinstance(token, str) or not token:

@@ -110,16 +110,19 @@ class UntrustedCallContext(CallContext):
         call, self._call = self._call, None
         if call is None:
             return
-        found = read_metadata(
-            [
-                (key, value)
-                for key, value in call.invocation_metadata()
-                if key.startswith("trace") or key == "authorization"
-            ]
-        )
+        found = read_metadata(call.invocation_metadata(), trusted=False)
         _METADATA.__set__(self, {})
         _TRACE.__set__(self, {} if found is None else found.trace)
         _AUTHORIZATION.__set__(self, None if found is None else found.authorization)
+
+
+def _context_now(call: Any, trusted: bool) -> Context:
+    """The context of a call, read at once (``CallContext``, read when first asked for)."""
+    context = read_metadata(call.invocation_metadata(), trusted=trusted) or Context()
+    remaining = call.time_remaining()
+    if remaining is not None:
+        context.deadline = time.monotonic() + remaining
+    return context
 
 
 class _Method:
@@ -172,7 +175,8 @@ def method_handler(
     method = _Method(host, request, response)
     pipeline = host.pipeline
     stats = pipeline.stats
-    call_context = CallContext if host.trust_callers else UntrustedCallContext
+    trusted = host.trust_callers
+    call_context = CallContext if trusted else UntrustedCallContext
     decode, encode, name, kind = method.decode, method.encode, rpc.name, rpc.kind
     client_streaming, server_streaming = rpc.client_streaming, rpc.server_streaming
     # The wrappers are in place once the service serves: what the pipeline makes of this RPC
@@ -180,6 +184,7 @@ def method_handler(
     frozen = pipeline.frozen
     direct = pipeline.direct(rpc, "grpc") if frozen else None
     chain = pipeline.handler(rpc) if frozen else None
+    eager = frozen and pipeline.gated  # gates read every call's metadata: read it at once
 
     async def serve(incoming: Any, call: Any) -> bytes | None:
         """One call: ``incoming`` is the request's bytes, or an async iterator over them for a
@@ -198,10 +203,13 @@ def method_handler(
                 except ValidationError as exc:
                     failed = method.fail(call, BadRequest.from_validation(exc, id=method.error_id))
                     return None
-            context = call_context(call, call.time_remaining())
+            if eager:
+                context = _context_now(call, trusted)
+            else:
+                context = call_context(call, call.time_remaining())
             context.activate()  # until the call's task ends
             if direct is not None and context.deadline is None:
-                return encode(await direct(request))
+                return encode(await direct(request, context))
             handler = chain or pipeline.handler(rpc)
             server_call = Call(
                 name,

@@ -19,10 +19,12 @@ from pydantic import BaseModel
 
 from asgi_micro import MicroRouter, Service, auth
 from asgi_micro.auth import Resource, Rule
+from asgi_micro.auth.guard import Guard
 from asgi_micro.auth.jwt import JWTAuth
 from asgi_micro.auth.keys import KeyRing
 from asgi_micro.broker.base import DEAD_SUFFIX
 from asgi_micro.client import Client
+from asgi_micro.context import Context as CallContext
 from asgi_micro.errors import Forbidden, ServiceUnavailable, Unauthorized
 from asgi_micro.fastapi import Account, Context, OptionalAccount, require_scopes
 from asgi_micro.registry import Node
@@ -380,3 +382,66 @@ async def test_noop_is_off(deployment: Deployment) -> None:
     assert not service.guard.on
     with pytest.raises(Exception, match="auth is off"):
         await service.auth.generate("ada")
+
+
+class Clock:
+    """``time.time`` as the test says."""
+
+    def __init__(self) -> None:
+        self.now = 1_900_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_an_admitted_token_is_admitted_again_until_it_expires_or_the_rules_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guard remembers what it admitted (a look-up per call), and forgets it when the
+    token expires and when the rules change."""
+    clock = Clock()
+    monkeypatch.setattr("time.time", clock)
+    jwt_auth = JWTAuth(store=MemoryStore(), keys=KeyRing(tmp_path / "keys.json"), leeway=0)
+    guard = Guard(jwt_auth, service="greeter", on=True)
+    asked: list[str] = []
+    verified = jwt_auth.verified
+
+    def counted(token: str) -> tuple[auth.Account, float]:
+        asked.append(token)
+        return verified(token)
+
+    monkeypatch.setattr(jwt_auth, "verified", counted)
+    async with jwt_auth:
+        await jwt_auth.grant(Rule("users", "user", Resource("service", "greeter", "Greeter.*")))
+        await guard.load_rules()
+        ada = "Bearer " + jwt_auth.issue(auth.Account("ada", scopes=("user",)), expiry=60)
+        billing = "Bearer " + jwt_auth.issue(
+            auth.Account("billing", "service", ("user",)), expiry=60
+        )
+
+        def admit(authorization: str | None, endpoint: str = "Greeter.Hello") -> CallContext:
+            context = CallContext({"from-service": "forged"}, authorization=authorization)
+            assert guard.admit(context, endpoint, "http") is None
+            return context
+
+        for _ in range(3):
+            assert admit(ada).account.id == "ada"
+            assert "from-service" not in admit(ada).metadata  # dropped on every call
+            assert admit(billing).metadata["from-service"] == "billing"
+        assert len(asked) == 2  # each token verified once
+        admit(ada, "Greeter.Bye")  # another endpoint: decided on its own
+        with pytest.raises(Unauthorized):
+            admit(None)
+        with pytest.raises(Unauthorized):
+            admit(None)  # a refusal is never remembered
+        # Expired: verified again, and refused.
+        clock.now += 61
+        with pytest.raises(Unauthorized, match="expired"):
+            admit(ada)
+        clock.now -= 61
+        # The rules change: what was admitted is decided again.
+        await jwt_auth.delete_rule("users")
+        await jwt_auth.grant(Rule("users", "admin", Resource("service", "greeter", "Greeter.*")))
+        await guard.load_rules()
+        with pytest.raises(Forbidden):
+            admit(ada)
