@@ -213,7 +213,7 @@ class Guard(Gate):
                 account, until = self.auth.verified(token)
             except UnknownKey as exc:
                 if self.teacher is not None:
-                    return self._admit_learning(context, endpoint, authorization)
+                    return self._admit_learning(context, endpoint, authorization, exc.detail)
                 reason = exc.detail
             except MicroError as exc:
                 reason = exc.detail
@@ -227,9 +227,9 @@ class Guard(Gate):
         return None
 
     async def _admit_learning(
-        self, context: Context, endpoint: str, authorization: str | None
+        self, context: Context, endpoint: str, authorization: str | None, reason: str
     ) -> None:
-        account, reason = await self.identify(authorization)
+        account, reason = await self.learn_and_verify(authorization, reason=reason)
         self._decide(context, account, reason, endpoint, "service")
 
     def check(self, context: Any, endpoint: str, kind: str) -> None:
@@ -258,16 +258,32 @@ class Guard(Gate):
         account, reason, _ = self._verify(authorization, None)
         return account, reason
 
+    def caller(self, authorization: str | None) -> tuple[Account | None, str, bool]:
+        """``account_of``, and whether the token failed only for want of its key, which
+        ``learn_and_verify`` may then find."""
+        account, reason, error = self._verify(authorization, None)
+        return account, reason, isinstance(error, UnknownKey)
+
     async def identify(
         self, authorization: str | None, *, ask: str | None = None
     ) -> tuple[Account | None, str]:
         """``account_of``, except that a token signed by a key the ring lacks first makes the
-        guard learn the deployment's keys (see ``_learn``): from the service the token names,
-        else from ``ask`` (a gateway asks the service the call is for)."""
-        account, reason, error = self._verify(authorization, None)
-        if isinstance(error, UnknownKey) and await self._learn(authorization, ask):
-            account, reason, _ = self._verify(authorization, None)
+        guard learn the deployment's keys (see ``learn_and_verify``)."""
+        account, reason, unknown_key = self.caller(authorization)
+        if unknown_key:
+            return await self.learn_and_verify(authorization, ask=ask, reason=reason)
         return account, reason
+
+    async def learn_and_verify(
+        self, authorization: str | None, *, ask: str | None = None, reason: str = ""
+    ) -> tuple[Account | None, str]:
+        """After a token failed for want of its key: learn the deployment's keys (see
+        ``_learn``: from the service the token names, else from ``ask``; a gateway asks the
+        service the call is for), and verify it again if that found any. ``reason`` is why
+        it failed, kept when nothing was learnt."""
+        if await self._learn(authorization, ask):
+            return self.account_of(authorization)
+        return None, reason
 
     def _verify(
         self, authorization: str | None, event: Event | None

@@ -41,7 +41,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 from urllib.parse import unquote
 
 import orjson
@@ -124,6 +124,16 @@ kept before the gateway asks the service again."""
 
 
 # -- the gateway --------------------------------------------------------------------------------
+
+
+class _Caller(NamedTuple):
+    """Who calls the gateway: the ``Authorization`` value and, with auth on, the account it
+    proves, or why not and whether only for want of its key (read once per request)."""
+
+    account: Account | None
+    authorization: str | None
+    reason: str = ""
+    unknown_key: bool = False
 
 
 class Gateway(Lifecycle):
@@ -226,20 +236,20 @@ class Gateway(Lifecycle):
             await self._websocket(scope, receive, send)
             return
         try:
-            account, authorization = self._caller(scope)
-            self._limit(scope, account)
+            caller = self._caller(scope)
+            self._limit(scope, caller.account)
             path = _local_path(scope)
             method = scope["method"]
             if path == "/rpc" and method == "POST":
-                await self._rpc(scope, receive, send, account, authorization)
+                await self._rpc(scope, receive, send, caller)
             elif path == "/openapi.json" and method in ("GET", "HEAD"):
                 document = orjson.dumps(await self.openapi(scope.get("root_path", "")))
                 await send_response(send, 200, b"" if method == "HEAD" else document)
             else:
                 route = self._route(scope, path)
-                await self._check(account, route, authorization)
+                await self._check(caller, route)
                 body = await self._body(scope, receive)
-                await self._forward(scope, send, route, body, authorization)
+                await self._forward(scope, send, route, body, caller.authorization)
         except MicroError as exc:
             exc.id = exc.id or GATEWAY
             headers: list[tuple[bytes, bytes]] = []
@@ -253,11 +263,11 @@ class Gateway(Lifecycle):
         if (await receive())["type"] != "websocket.connect":
             return
         try:
-            account, authorization = self._caller(scope)
-            self._limit(scope, account)
+            caller = self._caller(scope)
+            self._limit(scope, caller.account)
             route = self._route(scope, _local_path(scope))
-            await self._check(account, route, authorization)
-            upstream = await self._open_websocket(scope, route, authorization)
+            await self._check(caller, route)
+            upstream = await self._open_websocket(scope, route, caller.authorization)
         except MicroError as exc:
             await send({"type": "websocket.close", "code": 4000 + exc.code})
             return
@@ -327,17 +337,17 @@ class Gateway(Lifecycle):
 
     # -- edge checks --------------------------------------------------------------------------
 
-    def _caller(self, scope: Scope) -> tuple[Account | None, str | None]:
-        """The caller's ``Authorization`` value, and the account it proves with auth on."""
+    def _caller(self, scope: Scope) -> _Caller:
+        """The caller's ``Authorization`` value, and what it proves with auth on."""
         authorization = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
                 break
         if self.guard is None:
-            return None, authorization
-        account, _ = self.guard.account_of(authorization)
-        return account, authorization
+            return _Caller(None, authorization)
+        account, reason, unknown_key = self.guard.caller(authorization)
+        return _Caller(account, authorization, reason, unknown_key)
 
     def _limit(self, scope: Scope, account: Account | None) -> None:
         limiter = self.rate_limiter
@@ -355,18 +365,18 @@ class Gateway(Lifecycle):
                 retry_after=max(1, math.ceil(wait)),
             )
 
-    async def _check(
-        self, account: Account | None, route: Route, authorization: str | None
-    ) -> None:
+    async def _check(self, caller: _Caller, route: Route) -> None:
         """What the service's guard would decide, decided here first (auth on). A token that
         did not verify for want of its key makes the gateway learn the keys from the service
         the call is for (a rotation the gateway has not read yet)."""
         guard = self.guard
         if guard is None or not guard.enforcing:
             return
-        reason = ""
-        if account is None:
-            account, reason = await guard.identify(authorization, ask=route.service)
+        account, reason = caller.account, caller.reason
+        if account is None and caller.unknown_key:
+            account, reason = await guard.learn_and_verify(
+                caller.authorization, ask=route.service, reason=reason
+            )
         resource = Resource("service", route.service, route.endpoint.name)
         rule = decide(guard.rules, account, resource)
         if rule is None or rule.access != Access.GRANT:
@@ -397,8 +407,7 @@ class Gateway(Lifecycle):
         scope: Scope,
         receive: Receive,
         send: Send,
-        account: Account | None,
-        authorization: str | None,
+        caller: _Caller,
     ) -> None:
         """Go Micro's ``/rpc``: ``{"service", "endpoint", "request"}`` (``method`` for
         ``endpoint`` too), ``request`` an object or JSON text; the reply as the service sends
@@ -417,7 +426,7 @@ class Gateway(Lifecycle):
         if routes is None:
             raise NotFound(f"no service named {service!r} in the registry", id=GATEWAY)
         route = routes.by_endpoint(endpoint)
-        await self._check(account, route, authorization)
+        await self._check(caller, route)
         request = data.get("request")
         payload = request.encode() if isinstance(request, str) else orjson.dumps(request or {})
         streams = route.endpoint.metadata.get("stream") == "server"
@@ -427,7 +436,7 @@ class Gateway(Lifecycle):
         elif b"text/event-stream" not in accept:
             accept = _NDJSON
         headers = {b"content-type": _JSON, b"accept": accept}
-        await self._forward(scope, send, route, payload, authorization, replace=headers)
+        await self._forward(scope, send, route, payload, caller.authorization, replace=headers)
 
     # -- forwarding ---------------------------------------------------------------------------
 

@@ -456,10 +456,19 @@ async def test_with_auth_on_the_edge_refuses_and_the_service_verifies_again(
         refused = await http.post("/greeter/hello", json={"name": "A"})
         assert refused.status_code == 401
         assert refused.json()["id"] == "asgi_micro.auth"
+        verified: list[str] = []
+        verify_claims = edge.verify_claims
+
+        def counted(token: str, **options: Any) -> Any:
+            verified.append(token)
+            return verify_claims(token, **options)
+
+        edge.verify_claims = counted  # type: ignore[method-assign]
         forged = await http.post(
             "/greeter/hello", json={"name": "A"}, headers={"Authorization": "Bearer not.a.jwt"}
         )
         assert forged.status_code == 401
+        assert verified == ["not.a.jwt"]  # read once at the edge, not once per check
         good = {"Authorization": f"Bearer {ada}"}
         reply = await http.post("/greeter/hello", json={"name": "Ada"}, headers=good)
         assert reply.json() == {"message": "Hello Ada"}
