@@ -184,15 +184,12 @@ class Guard(Gate):
     async def __call__(self, call: Call, next: Next) -> Any:
         """The server wrapper: who calls, and whether they may."""
         if call.protocol != "event":
-            pending = self.admit(call.context, call.endpoint, call.protocol)
-            if pending is not None:
-                await pending
-            return await next(call)
+            return await super().__call__(call, next)  # admit
         # An event carries a token made for it alone: verified against the event.
         context, event = call.context, call.state.get("event")
-        account, reason, error = self._verify(context.authorization, event)
+        account, reason, error, _ = self._verify(context.authorization, event)
         if isinstance(error, UnknownKey) and await self._learn(context.authorization):
-            account, reason, error = self._verify(context.authorization, event)
+            account, reason, error, _ = self._verify(context.authorization, event)
         self._decide(context, account, reason, call.endpoint, "topic")
         return await next(call)
 
@@ -206,19 +203,11 @@ class Guard(Gate):
         if admitted is not None and endpoint in admitted[2] and time.time() < admitted[1]:
             _name_caller(context, admitted[0])
             return None
-        token, reason = bearer(authorization)
-        account, until = None, float("inf")  # no token: as good as the rules say, for good
-        if token is not None:
-            try:
-                account, until = self.auth.verified(token)
-            except UnknownKey as exc:
-                if self.teacher is not None:
-                    return self._admit_learning(context, endpoint, authorization, exc.detail)
-                reason = exc.detail
-            except MicroError as exc:
-                reason = exc.detail
+        account, reason, error, until = self._verify(authorization, None)
+        if isinstance(error, UnknownKey) and self.teacher is not None:
+            return self._admit_learning(context, endpoint, authorization, reason)
         self._decide(context, account, reason, endpoint, "service")
-        if account is not None or token is None:  # not a token that failed: it may yet pass
+        if error is None:  # not a token that failed: it may yet pass
             if admitted is None or time.time() >= admitted[1]:
                 if len(self._admitted) >= _DECISIONS:
                     self._admitted.clear()
@@ -255,13 +244,13 @@ class Guard(Gate):
 
     def account_of(self, authorization: str | None) -> tuple[Account | None, str]:
         """The account a call's ``Authorization`` value proves, or ``None`` and why not."""
-        account, reason, _ = self._verify(authorization, None)
+        account, reason, _, _ = self._verify(authorization, None)
         return account, reason
 
     def caller(self, authorization: str | None) -> tuple[Account | None, str, bool]:
         """``account_of``, and whether the token failed only for want of its key, which
         ``learn_and_verify`` may then find."""
-        account, reason, error = self._verify(authorization, None)
+        account, reason, error, _ = self._verify(authorization, None)
         return account, reason, isinstance(error, UnknownKey)
 
     async def identify(
@@ -287,20 +276,23 @@ class Guard(Gate):
 
     def _verify(
         self, authorization: str | None, event: Event | None
-    ) -> tuple[Account | None, str, MicroError | None]:
-        """An access token for a call; for an event, the token made for that event alone."""
+    ) -> tuple[Account | None, str, MicroError | None, float]:
+        """An access token for a call; for an event, the token made for that event alone.
+        The account (``None`` and why not), the error that refused the token, and until when
+        the answer holds (for good without a token; see ``Auth.verified``)."""
         token, reason = bearer(authorization)
         if token is None:
-            return None, reason, None
+            return None, reason, None, float("inf")
         try:
             if event is None:
-                return self.auth.verify_token(token), "", None
+                account, until = self.auth.verified(token)
+                return account, "", None, until
             account = self.auth.verify_event(
                 token, topic=event.topic, event_id=event.id, body=event.body
             )
-            return account, "", None
+            return account, "", None, 0.0
         except MicroError as exc:
-            return None, exc.detail, exc
+            return None, exc.detail, exc, 0.0
 
     async def _learn(self, authorization: str | None, ask: str | None = None) -> bool:
         """After a token signed by a key the ring lacks: ask the service it names (a service
