@@ -70,14 +70,25 @@ async def stop_children(children: Sequence[asyncio.subprocess.Process]) -> None:
 async def serve(
     app: Any, *, host: str = "127.0.0.1", port: int | None = None
 ) -> AsyncIterator[str]:
-    """Run ``app`` on uvicorn in this event loop, lifespan included; yields ``host:port``."""
-    port = port or free_port(host)
+    """Run ``app`` on uvicorn in this event loop, lifespan included; yields ``host:port``.
+
+    Without a ``port`` it listens on one the kernel gives its socket, bound before uvicorn
+    starts, so nobody can take it in between."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port or 0))
+    except OSError:
+        sock.close()
+        raise
+    port = sock.getsockname()[1]
     config = uvicorn.Config(app, host=host, port=port, lifespan="on", log_level="warning")
     server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:
             if task.done():
+                sock.close()
                 task.result()
                 raise RuntimeError("uvicorn stopped before it started")
             await asyncio.sleep(0.01)

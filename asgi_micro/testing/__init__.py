@@ -13,6 +13,7 @@ it (``pytest_plugins = ["asgi_micro.testing.plugin"]``).
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -27,11 +28,53 @@ T = TypeVar("T")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on at ``host`` right now."""
+    """A TCP port nobody listens on at ``host`` right now, for a server started a moment later.
+
+    It is taken outside the kernel's ephemeral range where the system says what that is (Linux),
+    because a port from ``bind(("", 0))`` is free only until the next ephemeral port is handed
+    out: the local end of any outgoing connection, or another process's ``bind`` to port 0, may
+    take it before the server binds (seen: uvicorn failing to start on a busy CI machine). Ports
+    there are handed out only to whoever asks for one by number.
+    """
+    span = _unclaimed_ports()
+    if span is not None:
+        first, last = span
+        for _ in range(64):
+            port = _random.randint(first, last)
+            if _bindable(host, port):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        found: int = sock.getsockname()[1]
+        return found
+
+
+_random = random.SystemRandom()  # not the module's: hypothesis seeds that one the same in every run
+_EPHEMERAL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+_LOWEST = 20000  # below it sit the well-known and registered ports of servers a machine runs
+
+
+def _unclaimed_ports(path: str = _EPHEMERAL_RANGE) -> tuple[int, int] | None:
+    """The widest span of ports from 20000 that the kernel does not hand out on its own
+    (below or above its ephemeral range), or None when the range cannot be read or leaves no
+    span of at least 1,000 ports."""
+    try:
+        with open(path) as file:
+            low, high = (int(part) for part in file.read().split())
+    except (OSError, ValueError):
+        return None
+    spans = [(_LOWEST, low - 1), (max(high + 1, _LOWEST), 65535)]
+    first, last = max(spans, key=lambda span: span[1] - span[0])
+    return (first, last) if last - first >= 1000 else None
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 async def eventually(

@@ -35,6 +35,8 @@ cluster's services as a test would from outside (faults apply to it too).
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -115,6 +117,7 @@ class ClusterNode:
         self.address = f"127.0.0.1:{free_port()}"
         self._server: uvicorn.Server | None = None
         self._serving: asyncio.Task[None] | None = None
+        self._started_once = False
 
     @property
     def name(self) -> str:
@@ -146,22 +149,45 @@ class ClusterNode:
 
     async def start(self) -> None:
         """Serve the app on uvicorn (its lifespan starts the service, which registers)."""
-        host, _, port = self.address.rpartition(":")
+        sock = await self._bind()
         self.service.address = self.address
-        config = uvicorn.Config(
-            self.app, host=host, port=int(port), lifespan="on", log_level="warning"
-        )
+        host, port = sock.getsockname()[:2]
+        config = uvicorn.Config(self.app, host=host, port=port, lifespan="on", log_level="warning")
         self._server = server = uvicorn.Server(config)
-        self._serving = asyncio.create_task(server.serve())
+        self._serving = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started:
             if self._serving.done():
+                sock.close()
                 await self._serving
                 raise RuntimeError(f"{self.name} stopped before it served")
             await asyncio.sleep(0.01)
+        self._started_once = True
         await self.service.wait_registered()
         client = self.service.client  # the service's own, as its handlers use it
         client.faults = self.cluster._faults
         client.local = self.cluster.local
+
+    async def _bind(self) -> socket.socket:
+        """The listening socket, bound here rather than by uvicorn, which exits the process on a
+        port somebody took since it was chosen. A first start takes another port then; a
+        restart keeps its address (the test may hold it) and waits a little for it."""
+        host, _, port = self.address.rpartition(":")
+        deadline = time.monotonic() + 5
+        while True:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, int(port)))
+                return sock
+            except OSError as exc:
+                sock.close()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.name} cannot serve on {self.address}") from exc
+                if self._started_once:
+                    await asyncio.sleep(0.05)
+                else:
+                    port = str(free_port(host))
+                    self.address = f"{host}:{port}"
 
     async def stop(self) -> None:
         """Stop gracefully: drain, deregister, close."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
 import time
 from collections.abc import Awaitable, Callable
 
@@ -18,7 +19,7 @@ from pydantic import BaseModel
 
 from asgi_micro import MicroRouter, Service, errors
 from asgi_micro.client.policies import Breaker, Policies, Policy
-from asgi_micro.testing import Cluster
+from asgi_micro.testing import Cluster, free_port
 from asgi_micro.testing.cluster import Events, service_of_app
 from example_apps.frontend.app import app as frontend_app
 from example_apps.greeter.app import app as greeter_app
@@ -122,6 +123,31 @@ async def test_a_killed_greeter_is_gone_until_restarted(cluster_of: StartCluster
     assert await cluster.registry.get_service("greeter") == []
     await greeter.restart()
     assert await welcome(cluster) == (200, {"message": "Hello Ada"})
+
+
+async def test_a_port_taken_before_the_greeter_binds_it_is_traded_for_another(
+    micro_cluster: StartCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen on CI: the port a node was given was taken by somebody else before uvicorn bound
+    it, and uvicorn exited the test. The node binds its socket itself, and takes another."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        given = iter([taken])
+        monkeypatch.setattr(
+            "asgi_micro.testing.cluster.free_port",
+            lambda host="127.0.0.1": next(given, 0) or free_port(host),
+        )
+        cluster = await micro_cluster(greeter_app, frontend_app, local=False)
+        greeter = cluster.node("greeter")
+        assert greeter.address != f"127.0.0.1:{taken}"
+        assert greeter.service.address == greeter.address
+        assert await welcome(cluster) == (200, {"message": "Hello Ada"})
+        address = greeter.address
+        await greeter.restart()  # a restart keeps its address
+        assert greeter.address == address
+        assert await welcome(cluster) == (200, {"message": "Hello Ada"})
 
 
 class Signup(BaseModel):
