@@ -217,12 +217,15 @@ class Pipeline:
     def __init__(self, host: Host | None = None) -> None:
         self.host = host
         self.wrappers: tuple[Wrapper, ...] = ()
+        # The wrappers when every one is a Gate (none at all included), else None: what the
+        # fast paths may run in place of the chain.
+        self.gates: tuple[Gate, ...] | None = ()
         self.observers: tuple[Observer, ...] = ()
         self.stats = Stats()
         self.draining = False
         self.frozen = False  # set once the service serves: wrappers are in place by then
         self._handlers: dict[RPC, Next] = {}
-        self._direct: dict[tuple[RPC, str], Direct] = {}
+        self._direct: dict[tuple[RPC, str], Direct | None] = {}
         self._idle: asyncio.Event | None = None
 
     def wrap(self, wrapper: Wrapper) -> Wrapper:
@@ -233,6 +236,8 @@ class Pipeline:
             raise RuntimeError("add wrappers before the service starts serving")
         check_wrapper(wrapper)
         self.wrappers = (*self.wrappers, wrapper)
+        gates = tuple(wrapper for wrapper in self.wrappers if isinstance(wrapper, Gate))
+        self.gates = gates if len(gates) == len(self.wrappers) else None
         self._handlers.clear()
         self._direct.clear()
         return wrapper
@@ -276,14 +281,16 @@ class Pipeline:
         if rpc.server_streaming or not rpc.plain:
             return None
         key = (rpc, protocol)
-        found = self._direct.get(key)
-        if found is None:
-            gates = tuple(wrapper for wrapper in self.wrappers if isinstance(wrapper, Gate))
-            if len(gates) < len(self.wrappers):
-                return None
-            found = self._direct[key] = _direct(
-                rpc.handler, gates, self.observers, protocol, rpc.name
-            )
+        try:
+            return self._direct[key]
+        except KeyError:
+            pass
+        gates = self.gates
+        found = self._direct[key] = (
+            None
+            if gates is None
+            else _direct(rpc.handler, gates, self.observers, protocol, rpc.name)
+        )
         return found
 
     def chain(self, handler: Next) -> Next:

@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute, Mount
 from .context import Context, current_context
 from .endpoints import route_endpoint
 from .errors import MicroError, error_for_status
-from .pipeline import Call, Observer
+from .pipeline import Call, Gate, Observer
 from .router import ENDPOINT_EXTENSION, rpc_of
 from .state import service_of
 from .types import Message, Receive, Scope, Send
@@ -59,8 +59,9 @@ def _through_wrappers(route: BaseRoute, handle: Any) -> Any:
         if host is None or not host.pipeline.wrapped:
             await handle(scope, receive, send)
             return
-        if not host.pipeline.wrappers:
-            await _observed(host.pipeline.observers, route, handle, scope, receive, send)
+        gates = host.pipeline.gates
+        if gates is not None:  # nothing but gates (or nothing) to run: no Call, no chain
+            await _gated(gates, host.pipeline.observers, route, handle, scope, receive, send)
             return
         websocket = scope["type"] == "websocket"
         status = 0
@@ -99,7 +100,8 @@ def _through_wrappers(route: BaseRoute, handle: Any) -> Any:
     return handle_wrapped
 
 
-async def _observed(
+async def _gated(
+    gates: Sequence[Gate],
     observers: Sequence[Observer],
     route: BaseRoute,
     handle: Any,
@@ -107,9 +109,13 @@ async def _observed(
     receive: Receive,
     send: Send,
 ) -> None:
-    """The route with observers (metrics) and no wrapper: timed, and the observers told of it
-    as the pipeline tells them (a 4xx or 5xx answer as its ``MicroError``), with no ``Call``
-    to build, since no wrapper would see it."""
+    """The route behind gates (auth) and observers (metrics) and no other wrapper: the gates
+    admit the call from its context, the route answers, and the observers are told of it as
+    the pipeline tells them (a refusal, or a 4xx or 5xx answer as its ``MicroError``), with no
+    ``Call`` to build, since no wrapper would see it."""
+    websocket = scope["type"] == "websocket"
+    protocol = "websocket" if websocket else "http"
+    endpoint = _name(route, scope)
     status = 0
 
     async def watch(message: Message) -> None:
@@ -121,6 +127,23 @@ async def _observed(
     started = time.perf_counter()
     error: BaseException | None = None
     try:
+        if gates:
+            context = current_context() or Context()
+            try:
+                for gate in gates:
+                    pending = gate.admit(context, endpoint, protocol)
+                    if pending is not None:
+                        await pending
+            except MicroError as exc:
+                error = exc
+                if not websocket:
+                    raise  # answered in Go Micro's shape by MicroMiddleware
+                # Refused before the handshake: a refusal, as RPCs over a WebSocket are.
+                await send({"type": "websocket.close", "code": 4000 + exc.code})
+                return
+        if not observers:
+            await handle(scope, receive, send)
+            return
         await handle(scope, receive, watch)
         if status >= 400:
             error = error_for_status(status)(f"the route answered {status}")
@@ -129,11 +152,10 @@ async def _observed(
         error = exc
         raise
     finally:
-        elapsed = time.perf_counter() - started
-        protocol = "websocket" if scope["type"] == "websocket" else "http"
-        endpoint = _name(route, scope)
-        for observer in observers:
-            observer(None, protocol, endpoint, elapsed, error)
+        if observers:
+            elapsed = time.perf_counter() - started
+            for observer in observers:
+                observer(None, protocol, endpoint, elapsed, error)
 
 
 def _name(route: BaseRoute, scope: Scope) -> str:

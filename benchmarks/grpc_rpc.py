@@ -46,7 +46,7 @@ from typing import Any
 import grpc
 from fastapi import FastAPI
 from grpc_tools import protoc
-from harness import ROOT, alternate, checkout, cpu_seconds, free_port, python_in
+from harness import ROOT, alternate, checkout, cpu_seconds, free_port, python_in, wait_for_port
 from pydantic import BaseModel
 
 from asgi_micro import MicroRouter, Service
@@ -289,7 +289,8 @@ def end_to_end(
                 command += ["--generated", str(generated)]
                 process = subprocess.Popen(["taskset", "-c", "0", *command], env=env)
                 servers[kind] = (process, port)
-            for _, port in servers.values():
+            for process, port in servers.values():
+                wait_for_port(port, process)  # a slow start would outlast gRPC's reconnect backoff
                 check_echo(port, messages)
                 run_h2load(port, str(data), 1, clients, streams)  # warm up
             rates: dict[str, list[float]] = {kind: [] for kind in runs}
@@ -308,7 +309,8 @@ def end_to_end(
                     + ", ".join(f"{kind} {rates[kind][-1]:,.0f}" for kind in runs),
                     flush=True,
                 )
-            for _, port in servers.values():
+            for process, port in servers.values():
+                wait_for_port(port, process)  # a slow start would outlast gRPC's reconnect backoff
                 check_echo(port, messages)
         finally:
             for process, _ in servers.values():

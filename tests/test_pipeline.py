@@ -16,7 +16,7 @@ import httpx
 import msgpack
 import orjson
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from pydantic import BaseModel
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -595,3 +595,60 @@ async def test_a_refused_plain_websocket_route_is_refused_at_the_handshake() -> 
         with pytest.raises(InvalidStatus):
             async with connect(f"ws://{address}/socket"):
                 pass
+
+
+async def test_plain_routes_behind_a_gate_are_admitted_refused_and_observed_without_a_call() -> (
+    None
+):
+    """Nothing but a gate and an observer (auth and metrics, the usual pair): a plain route
+    keeps its fast path (the observer gets no ``Call``), the gate sees it by its endpoint name,
+    and a refusal reads as a wrapper's does: 403 in Go Micro's shape over HTTP, a refused
+    handshake over WebSocket; the observer is told of both."""
+    seen = Seen()
+    observed: list[tuple[bool, str, str, str | None]] = []
+    service = Service("plain", registry=MemoryRegistry(), grpc=False, address="127.0.0.1:1")
+    service.wrap(Doorman(seen))
+    service.pipeline.observe(
+        lambda call, protocol, endpoint, seconds, error: observed.append(
+            (call is None, protocol, endpoint, type(error).__name__ if error else None)
+        )
+    )
+    app = FastAPI(lifespan=service.lifespan)
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: int) -> dict[str, int]:
+        return {"item_id": item_id}
+
+    @app.websocket("/socket")
+    async def socket(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("in")
+        await websocket.close()
+
+    async with serve(app) as address, httpx.AsyncClient(base_url=f"http://{address}") as http:
+        assert (await http.get("/items/7")).json() == {"item_id": 7}
+        assert (await http.get("/items/x")).status_code == 400  # FastAPI's 422, in Go Micro's shape
+        async with connect(f"ws://{address}/socket") as websocket:
+            assert await websocket.recv() == "in"
+        seen.refuse = True
+        refused = await http.get("/items/8")
+        assert refused.status_code == 403
+        assert refused.json()["id"] == "lab-guard"
+        assert refused.json()["detail"] == "GET /items/{item_id} refused"
+        with pytest.raises(InvalidStatus):
+            async with connect(f"ws://{address}/socket"):
+                pass
+    assert [call[:2] for call in seen.calls] == [
+        ("GET /items/{item_id}", "http"),
+        ("GET /items/{item_id}", "http"),
+        ("WEBSOCKET /socket", "websocket"),
+        ("GET /items/{item_id}", "http"),
+        ("WEBSOCKET /socket", "websocket"),
+    ]
+    assert observed == [
+        (True, "http", "GET /items/{item_id}", None),
+        (True, "http", "GET /items/{item_id}", "BadRequest"),
+        (True, "websocket", "WEBSOCKET /socket", None),
+        (True, "http", "GET /items/{item_id}", "Forbidden"),
+        (True, "websocket", "WEBSOCKET /socket", "Forbidden"),
+    ]
