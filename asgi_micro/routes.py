@@ -15,7 +15,7 @@ status it answered with (which then changes nothing on the wire: the answer has 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
 from fastapi.routing import iter_route_contexts
@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute, Mount
 from .context import Context, current_context
 from .endpoints import route_endpoint
 from .errors import MicroError, error_for_status
-from .pipeline import Call, Gate, Observer
+from .pipeline import Call, Host
 from .router import ENDPOINT_EXTENSION, rpc_of
 from .state import service_of
 from .types import Message, Receive, Scope, Send
@@ -54,108 +54,131 @@ def _plain_routes(routes: Any) -> Iterator[BaseRoute]:
 
 
 def _through_wrappers(route: BaseRoute, handle: Any) -> Any:
+    names: dict[tuple[Any, ...], tuple[Any, str]] = {}
+
     async def handle_wrapped(scope: Scope, receive: Receive, send: Send) -> None:
         host = service_of(scope)
-        if host is None or not host.pipeline.wrapped:
+        if host is None:
             await handle(scope, receive, send)
             return
-        gates = host.pipeline.gates
-        if gates is not None:  # nothing but gates (or nothing) to run: no Call, no chain
-            await _gated(gates, host.pipeline.observers, route, handle, scope, receive, send)
+        pipeline = host.pipeline
+        gates = pipeline.gates
+        if gates is None:
+            await _chained(host, _named(route, scope, names), handle, scope, receive, send)
+            return
+        # Nothing but gates (auth), observers (metrics) or nothing at all: no Call, no chain.
+        observers = pipeline.observers
+        if not gates and not observers:
+            await handle(scope, receive, send)
             return
         websocket = scope["type"] == "websocket"
+        protocol = "websocket" if websocket else "http"
+        endpoint = _named(route, scope, names)
         status = 0
-        answered: MicroError | None = None  # raised for the wrappers; the client has it
 
-        async def watch(message: Message) -> None:
+        def watch(message: Message) -> Awaitable[None]:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-            await send(message)
+            return send(message)
 
-        async def serve(call: Call) -> None:
-            nonlocal answered
-            await handle(scope, receive, watch)
-            if status >= 400:
-                answered = error_for_status(status)(f"the route answered {status}", id=host.name)
-                answered.code = status
-                raise answered
-
-        call = Call(
-            _name(route, scope),
-            "websocket" if websocket else "http",
-            current_context() or Context(),
-            host=host,
-        )
+        started = time.perf_counter()
+        error: BaseException | None = None
         try:
-            await host.pipeline.run(call, serve)
-        except MicroError as exc:
-            if exc is answered:
+            if gates:
+                context = current_context() or Context()
+                try:
+                    for gate in gates:
+                        pending = gate.admit(context, endpoint, protocol)
+                        if pending is not None:
+                            await pending
+                except MicroError as exc:
+                    error = exc
+                    if not websocket:
+                        raise  # answered in Go Micro's shape by MicroMiddleware
+                    # Refused before the handshake: a refusal, as RPCs over a WebSocket are.
+                    await send({"type": "websocket.close", "code": 4000 + exc.code})
+                    return
+            if not observers:
+                await handle(scope, receive, send)
                 return
-            if not websocket:
-                raise  # answered in Go Micro's shape by MicroMiddleware
-            # Refused before the handshake (a refusal), or after it (a close frame).
-            await send({"type": "websocket.close", "code": 4000 + exc.code})
+            await handle(scope, receive, watch)
+            if status >= 400:  # told to the observers as the pipeline tells them
+                error = error_for_status(status)(f"the route answered {status}")
+                error.code = status
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if observers:
+                elapsed = time.perf_counter() - started
+                for observer in observers:
+                    observer(None, protocol, endpoint, elapsed, error)
 
     return handle_wrapped
 
 
-async def _gated(
-    gates: Sequence[Gate],
-    observers: Sequence[Observer],
-    route: BaseRoute,
-    handle: Any,
-    scope: Scope,
-    receive: Receive,
-    send: Send,
+async def _chained(
+    host: Host, endpoint: str, handle: Any, scope: Scope, receive: Receive, send: Send
 ) -> None:
-    """The route behind gates (auth) and observers (metrics) and no other wrapper: the gates
-    admit the call from its context, the route answers, and the observers are told of it as
-    the pipeline tells them (a refusal, or a 4xx or 5xx answer as its ``MicroError``), with no
-    ``Call`` to build, since no wrapper would see it."""
+    """The route through the service's whole chain of wrappers, as a ``Call``."""
     websocket = scope["type"] == "websocket"
-    protocol = "websocket" if websocket else "http"
-    endpoint = _name(route, scope)
     status = 0
+    answered: MicroError | None = None  # raised for the wrappers; the client has it
 
-    async def watch(message: Message) -> None:
+    def watch(message: Message) -> Awaitable[None]:
         nonlocal status
         if message["type"] == "http.response.start":
             status = message["status"]
-        await send(message)
+        return send(message)
 
-    started = time.perf_counter()
-    error: BaseException | None = None
-    try:
-        if gates:
-            context = current_context() or Context()
-            try:
-                for gate in gates:
-                    pending = gate.admit(context, endpoint, protocol)
-                    if pending is not None:
-                        await pending
-            except MicroError as exc:
-                error = exc
-                if not websocket:
-                    raise  # answered in Go Micro's shape by MicroMiddleware
-                # Refused before the handshake: a refusal, as RPCs over a WebSocket are.
-                await send({"type": "websocket.close", "code": 4000 + exc.code})
-                return
-        if not observers:
-            await handle(scope, receive, send)
-            return
+    async def serve(call: Call) -> None:
+        nonlocal answered
         await handle(scope, receive, watch)
         if status >= 400:
-            error = error_for_status(status)(f"the route answered {status}")
-            error.code = status
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        if observers:
-            elapsed = time.perf_counter() - started
-            for observer in observers:
-                observer(None, protocol, endpoint, elapsed, error)
+            answered = error_for_status(status)(f"the route answered {status}", id=host.name)
+            answered.code = status
+            raise answered
+
+    call = Call(
+        endpoint,
+        "websocket" if websocket else "http",
+        current_context() or Context(),
+        host=host,
+    )
+    try:
+        await host.pipeline.run(call, serve)
+    except MicroError as exc:
+        if exc is answered:
+            return
+        if not websocket:
+            raise  # answered in Go Micro's shape by MicroMiddleware
+        # Refused before the handshake (a refusal), or after it (a close frame).
+        await send({"type": "websocket.close", "code": 4000 + exc.code})
+
+
+_NAMES = 64  # names kept per route: a request's method is the client's to choose
+
+
+def _named(route: BaseRoute, scope: Scope, names: dict[tuple[Any, ...], tuple[Any, str]]) -> str:
+    """``_name``, remembered per route by what it is made of: the router's context for the
+    route (FastAPI's, for an included router), the method and the root paths."""
+    fastapi = scope.get("fastapi")
+    context = fastapi.get("effective_route_context") if fastapi else None
+    key = (
+        id(context),
+        scope["type"],
+        scope.get("method"),
+        scope.get("root_path"),
+        scope.get("app_root_path"),
+    )
+    found = names.get(key)
+    if found is not None and found[0] is context:
+        return found[1]
+    name = _name(route, scope)
+    if len(names) < _NAMES:
+        names[key] = (context, name)
+    return name
 
 
 def _name(route: BaseRoute, scope: Scope) -> str:

@@ -652,3 +652,26 @@ async def test_plain_routes_behind_a_gate_are_admitted_refused_and_observed_with
         (True, "http", "GET /items/{item_id}", "Forbidden"),
         (True, "websocket", "WEBSOCKET /socket", "Forbidden"),
     ]
+
+
+def test_a_plain_route_s_names_are_remembered_within_a_bound() -> None:
+    """The endpoint name of a plain route is worked out once per method (and router context),
+    and a client making up methods cannot grow what is remembered past its bound."""
+    from starlette.routing import Route
+
+    from asgi_micro.routes import _NAMES, _named
+
+    route = Route("/items/{item_id}", lambda request: None, methods=["GET"])
+    names: dict[tuple[Any, ...], tuple[Any, str]] = {}
+
+    def scope(method: str) -> dict[str, Any]:
+        return {"type": "http", "method": method, "path": "/items/1"}
+
+    assert _named(route, scope("HEAD"), names) == "GET /items/{item_id}"
+    assert _named(route, scope("GET"), names) == "GET /items/{item_id}"
+    made_up = [f"M{number}" for number in range(2 * _NAMES)]
+    assert [_named(route, scope(method), names) for method in made_up] == [
+        f"{method} /items/{{item_id}}" for method in made_up
+    ]
+    assert len(names) == _NAMES
+    assert _named(route, scope("HEAD"), names) == "GET /items/{item_id}"
