@@ -18,6 +18,7 @@ import uvicorn
 from asgi_micro.registry.mdns import MDNSRegistry
 from asgi_micro.testing import eventually as eventually
 from asgi_micro.testing import free_port as free_port
+from asgi_micro.testing import listening_socket
 from asgi_micro.testing import until as until
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -74,13 +75,7 @@ async def serve(
 
     Without a ``port`` it listens on one the kernel gives its socket, bound before uvicorn
     starts, so nobody can take it in between."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port or 0))
-    except OSError:
-        sock.close()
-        raise
+    sock = listening_socket(host, port or 0)
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, host=host, port=port, lifespan="on", log_level="warning")
     server = uvicorn.Server(config)

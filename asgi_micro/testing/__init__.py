@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from .cluster import Cluster, ClusterNode
 
-__all__ = ["Cluster", "ClusterNode", "eventually", "free_port", "until"]
+__all__ = ["Cluster", "ClusterNode", "eventually", "free_port", "listening_socket", "until"]
 
 T = TypeVar("T")
 
@@ -47,6 +47,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         found: int = sock.getsockname()[1]
         return found
+
+
+def listening_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A TCP socket listening on ``host:port`` (``0``: a port the kernel picks), for a server
+    to serve on (``uvicorn.Server.serve(sockets=[...])``): bound and listening before the
+    server starts, the port is the test's from that moment (connections wait in the backlog
+    until the server accepts). Raises ``OSError`` when the port is taken."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen()
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 _random = random.SystemRandom()  # not the module's: hypothesis seeds that one the same in every run

@@ -35,7 +35,6 @@ cluster's services as a test would from outside (faults apply to it too).
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -52,9 +51,11 @@ from ..service import Service
 from ..service import service_of_app as find_service
 from ..store.memory import MemoryStore
 from ..sync.memory import MemorySync
-from . import free_port
+from . import free_port, listening_socket
 
 if TYPE_CHECKING:
+    import socket
+
     from ..broker import Broker
     from ..client import Client
     from ..types import ASGIApp
@@ -174,13 +175,9 @@ class ClusterNode:
         host, _, port = self.address.rpartition(":")
         deadline = time.monotonic() + 5
         while True:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                sock.bind((host, int(port)))
-                return sock
+                return listening_socket(host, int(port))
             except OSError as exc:
-                sock.close()
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{self.name} cannot serve on {self.address}") from exc
                 if self._started_once:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from asgi_micro.testing import _unclaimed_ports, free_port
+from asgi_micro.testing import _unclaimed_ports, free_port, listening_socket
 
 
 def ephemeral_range() -> tuple[int, int]:
@@ -56,3 +56,14 @@ def test_the_span_is_the_widest_the_kernel_leaves(
 
 def test_without_the_kernel_s_range_the_kernel_chooses(tmp_path: Path) -> None:
     assert _unclaimed_ports(str(tmp_path / "missing")) is None
+
+
+def test_a_listening_socket_holds_its_port_until_closed() -> None:
+    with listening_socket() as held:
+        port = held.getsockname()[1]
+        with pytest.raises(OSError):
+            listening_socket("127.0.0.1", port)
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass  # waits in the backlog for a server to accept it
+    with listening_socket("127.0.0.1", port):  # free again once closed
+        pass
