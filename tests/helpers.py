@@ -74,8 +74,9 @@ async def serve(
     """Run ``app`` on uvicorn in this event loop, lifespan included; yields ``host:port``.
 
     Without a ``port`` it listens on one the kernel gives its socket, bound before uvicorn
-    starts, so nobody can take it in between."""
-    sock = listening_socket(host, port or 0)
+    starts, so that nobody takes it in between; uvicorn listens on it once the app started,
+    where a service without an address of its own looks for it."""
+    sock = listening_socket(host, port or 0, listen=False)  # a service finds it as it listens
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, host=host, port=port, lifespan="on", log_level="warning")
     server = uvicorn.Server(config)

@@ -184,7 +184,11 @@ class Inbox:
         if not receivers:
             group = f" for queue group {queue}" if queue is not None else ""
             raise NotFound(f"no subscription to {topic}{group} here")
-        body = await _read_body(receive, limit=self._max_body())
+        limit = self._max_body()
+        declared = _declared_length(scope["headers"])
+        if declared is not None and declared > limit:  # refused before a byte of it is read
+            raise PayloadTooLarge(f"event of {declared} bytes, over {limit}")
+        body = await _read_body(receive, limit=limit)
         if body is None:
             return 0, []  # the publisher went before it sent the whole event: nobody to answer
         event = _event(topic, scope["headers"], body)
@@ -249,6 +253,13 @@ class Inbox:
             len(handled) > self.dedup_size or now - next(iter(handled.values())) > self.dedup_window
         ):
             handled.popitem(last=False)
+
+
+def _declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None  # the server refuses a bad one
+    return None
 
 
 async def _read_body(receive: Receive, *, limit: int) -> bytes | None:

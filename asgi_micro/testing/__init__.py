@@ -49,16 +49,24 @@ def free_port(host: str = "127.0.0.1") -> int:
         return found
 
 
-def listening_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+def listening_socket(
+    host: str = "127.0.0.1", port: int = 0, *, listen: bool = True
+) -> socket.socket:
     """A TCP socket listening on ``host:port`` (``0``: a port the kernel picks), for a server
     to serve on (``uvicorn.Server.serve(sockets=[...])``): bound and listening before the
     server starts, the port is the test's from that moment (connections wait in the backlog
-    until the server accepts). Raises ``OSError`` when the port is taken."""
+    until the server accepts). Raises ``OSError`` when the port is taken.
+
+    ``listen=False`` leaves it bound only, for the server to listen on as it starts: what a
+    ``Service`` without an address of its own needs, since it finds its address among the
+    sockets that begin to listen once it started. Bound, the port is safe from the kernel
+    handing it out, though another ``SO_REUSEADDR`` socket could still bind it."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen()
+        if listen:
+            sock.listen()
     except OSError:
         sock.close()
         raise

@@ -449,11 +449,38 @@ async def test_the_inbox_answers_and_drops_duplicates(tmp_path: Path) -> None:
                 base, params={"queue": "others"}, headers=headers("e4"), content=b"{}"
             )
             no_id = await post(base, params=query, content=b"{}")
-            big = await post(base, params=query, headers=headers("e5"), content=b" " * (5 << 20))
             read = await http.get(base, params=query)
+        # Over the limit, declared (refused before the body is read) and chunked (refused
+        # once the limit is passed). Over a socket of the test's own: a client that goes on
+        # sending what the node will not read may see the connection reset before the answer.
+        target = f"/_micro/broker/{name}?queue=workers&node={service.id}"
+        limit = service.max_message_size
+        declared = await raw_post(service.node.address, target, {"content-length": f"{5 << 20}"})
+        chunk = b"%x\r\n%s\r\n" % (limit + 1, b" " * (limit + 1))
+        chunked = await raw_post(
+            service.node.address, target, {"transfer-encoding": "chunked"}, chunk
+        )
         assert (other_node.status_code, other_group.status_code) == (404, 404)
-        assert (no_id.status_code, big.status_code, read.status_code) == (400, 413, 405)
+        assert (no_id.status_code, read.status_code) == (400, 405)
+        assert (declared, chunked) == (413, 413)
         assert orjson.loads(no_id.content)["id"] == "worker"
+
+
+async def raw_post(address: str, target: str, headers: dict[str, str], body: bytes = b"") -> int:
+    """POST an event's head (and ``body``) on a connection of its own; the answer's status."""
+    host, _, port = address.rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        lines = [f"POST {target} HTTP/1.1", f"host: {address}", "ce-id: e5"]
+        lines += ["content-type: application/json", *(f"{k}: {v}" for k, v in headers.items())]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 30)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    return int(status_line.split()[1])
 
 
 # -- processes ---------------------------------------------------------------------------------

@@ -213,7 +213,9 @@ class CountingRegistry(MemoryRegistry):
 async def test_cache_watch_and_stale_answers() -> None:
     registry = CountingRegistry()
     async with nodes(registry, 1) as [first]:
-        client = Client(registry=registry, strategy=RoundRobin(), cache_refresh=0.2)
+        # Refreshed after 2 s: what comes before the sleep must fit in it on a loaded machine
+        # (0.2 s did not: a CI run's 20 calls outlasted it, and the cache looked again).
+        client = Client(registry=registry, strategy=RoundRobin(), cache_refresh=2.0)
         try:
             for _ in range(20):
                 await client.call("echo", "Echo.Safe", {})
@@ -228,7 +230,7 @@ async def test_cache_watch_and_stale_answers() -> None:
                 await eventually(both_seen, message="the new node was not picked up")
                 assert registry.lookups == 1
 
-            await asyncio.sleep(0.3)  # past the refresh interval, the registry breaks
+            await asyncio.sleep(2.1)  # past the refresh interval, the registry breaks
             registry.broken = True
             assert (await client.call("echo", "Echo.Safe", {}))[
                 "node"

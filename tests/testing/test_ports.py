@@ -67,3 +67,12 @@ def test_a_listening_socket_holds_its_port_until_closed() -> None:
             pass  # waits in the backlog for a server to accept it
     with listening_socket("127.0.0.1", port):  # free again once closed
         pass
+
+
+def test_a_socket_bound_only_listens_once_the_server_says() -> None:
+    with listening_socket(listen=False) as bound:
+        port = bound.getsockname()[1]
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2)
+        bound.listen()
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
