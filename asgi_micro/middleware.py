@@ -39,7 +39,7 @@ from .errors import (
 )
 from .internal import JWKS_PATH, PROBE_PATHS, Introspectable, serve_internal
 from .redirects import relative_redirect
-from .responses import send_error
+from .responses import declared_length, send_error
 from .router import MicroRoute
 from .state import STATE_KEY, expose
 from .types import ASGIApp, Message, Receive, Scope, Send
@@ -52,7 +52,6 @@ _INTERNAL = INTERNAL_PREFIX + "/"
 _SHAPED_TYPES = (b"application/json", b"text/plain")
 _MAX_SHAPED_BODY = 64 * 1024
 _CLOSE = ((b"connection", b"close"),)
-_HTTP_1 = ("1.1", "1.0")
 _TOP_LEVEL = frozenset({JWKS_PATH, *PROBE_PATHS})  # internal routes outside /_micro/
 
 
@@ -101,7 +100,7 @@ class MicroMiddleware:
             return
         if not service.trust_callers:
             scope["headers"] = without_metadata(scope["headers"])
-        length = _body_length(scope)
+        length = declared_length(scope)
         if length is None:
             receive = _limited(receive, service.max_message_size)
         elif length > service.max_message_size:
@@ -276,20 +275,6 @@ def _rpc_shortcuts(app: Any) -> dict[str, MicroRoute]:
         ):
             shortcuts[path] = route
     return shortcuts
-
-
-def _body_length(scope: Scope) -> int | None:
-    """The body's length as the request's headers declare it (the server delivers no more);
-    ``None`` when they do not (chunked, or HTTP/2 without ``Content-Length``)."""
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-        if name == b"transfer-encoding":
-            return None
-    return 0 if scope.get("http_version") in _HTTP_1 else None
 
 
 def _limited(receive: Receive, limit: int) -> Receive:

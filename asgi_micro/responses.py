@@ -13,10 +13,11 @@ from .errors import (
     UnsupportedMediaType,
 )
 from .limits import DEFAULT_MAX_MESSAGE_SIZE
-from .types import Receive, Send
+from .types import Receive, Scope, Send
 
 __all__ = [
     "DEFAULT_MAX_BODY",
+    "declared_length",
     "media_types",
     "read_body",
     "request_codec",
@@ -49,6 +50,24 @@ def request_codec(content_type: str) -> Codec:
     if codec is None:
         raise UnsupportedMediaType(f"unsupported content type {content_type!r}")
     return codec
+
+
+_HTTP_1 = ("1.1", "1.0")
+
+
+def declared_length(scope: Scope) -> int | None:
+    """The body's length as the request's headers declare it (the server delivers no more);
+    ``None`` when they do not (chunked, or HTTP/2 without ``Content-Length``): what a limit
+    can refuse before reading a byte of the body."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+        if name == b"transfer-encoding":
+            return None
+    return 0 if scope.get("http_version") in _HTTP_1 else None
 
 
 async def read_body(receive: Receive, *, limit: int = DEFAULT_MAX_BODY) -> bytes:

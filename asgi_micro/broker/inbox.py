@@ -30,7 +30,7 @@ from typing import Final
 from urllib.parse import parse_qs
 
 from ..errors import BadRequest, MethodNotAllowed, MicroError, NotFound, PayloadTooLarge
-from ..responses import send_error, send_response
+from ..responses import declared_length, send_error, send_response
 from ..types import Receive, Scope, Send
 from .base import Delivery, Event, Subscription, check_topic
 from .directory import Advertised
@@ -185,7 +185,7 @@ class Inbox:
             group = f" for queue group {queue}" if queue is not None else ""
             raise NotFound(f"no subscription to {topic}{group} here")
         limit = self._max_body()
-        declared = _declared_length(scope["headers"])
+        declared = declared_length(scope)
         if declared is not None and declared > limit:  # refused before a byte of it is read
             raise PayloadTooLarge(f"event of {declared} bytes, over {limit}")
         body = await _read_body(receive, limit=limit)
@@ -253,13 +253,6 @@ class Inbox:
             len(handled) > self.dedup_size or now - next(iter(handled.values())) > self.dedup_window
         ):
             handled.popitem(last=False)
-
-
-def _declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
-    for name, value in headers:
-        if name == b"content-length":
-            return int(value) if value.isdigit() else None  # the server refuses a bad one
-    return None
 
 
 async def _read_body(receive: Receive, *, limit: int) -> bytes | None:
