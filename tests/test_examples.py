@@ -18,7 +18,16 @@ import pytest
 from asgi_micro.registry import Service
 from asgi_micro.registry.mdns import MDNSRegistry
 from tests.helpers import eventually, mdns
-from tests.processes import FRONTEND, GREETER, CommandResult, Server, asgi_micro, listing, serving
+from tests.processes import (
+    FRONTEND,
+    GREETER,
+    CommandResult,
+    Server,
+    asgi_micro,
+    listing,
+    patient,
+    serving,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -96,8 +105,8 @@ async def test_greeter_quick_start(http: httpx.AsyncClient) -> None:
         ) = await asyncio.gather(
             asgi_micro("services", env=listing()),
             asgi_micro("services", "--json", env=listing()),
-            asgi_micro("describe", "greeter"),  # whole, though a pipe is 80 columns
-            asgi_micro("call", "greeter", "Greeter.Hello", '{"name":"Ada"}'),
+            asgi_micro("describe", "greeter", env=patient()),  # whole, though a pipe is 80 columns
+            asgi_micro("call", "greeter", "Greeter.Hello", '{"name":"Ada"}', env=patient()),
             asgi_micro(
                 "call", "greeter", "Greeter.Hello", '{"name":"Ada"}', "-m", "greeting=Hi", *direct
             ),
@@ -111,14 +120,27 @@ async def test_greeter_quick_start(http: httpx.AsyncClient) -> None:
                 "greeting=Hi",
                 "--transport",
                 "grpc",
+                env=patient(),
             ),
-            asgi_micro("call", "greeter", "Greeter.Hello", '{"name":""}', "--transport", "grpc"),
-            asgi_micro("health", "greeter"),
+            asgi_micro(
+                "call",
+                "greeter",
+                "Greeter.Hello",
+                '{"name":""}',
+                "--transport",
+                "grpc",
+                env=patient(),
+            ),
+            asgi_micro("health", "greeter", env=patient()),
         )
         call_stream, call_bidi, call_unknown = await asyncio.gather(
-            asgi_micro("call", "greeter", "Greeter.Greetings", '{"name":"Ada","count":2}'),
-            asgi_micro("call", "greeter", "Greeter.Chat", '[{"name":"Ada"},{"name":"Bob"}]'),
-            asgi_micro("call", "greeter", "Greeter.Nope", "{}"),
+            asgi_micro(
+                "call", "greeter", "Greeter.Greetings", '{"name":"Ada","count":2}', env=patient()
+            ),
+            asgi_micro(
+                "call", "greeter", "Greeter.Chat", '[{"name":"Ada"},{"name":"Bob"}]', env=patient()
+            ),
+            asgi_micro("call", "greeter", "Greeter.Nope", "{}", env=patient()),
         )
 
     assert services.returncode == 0, services

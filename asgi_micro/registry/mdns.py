@@ -63,11 +63,14 @@ REGISTRY_PATH = "/_micro/registry"  # where a node serves its own record, for wh
 # A node that multicast its records in the last second (each heartbeat does) must wait a second
 # before it answers a query by multicast (RFC 6762 section 6): answers come 1.0-1.25 s late then.
 _BROWSE_TIMEOUT = 1.5
+# A lookup of one name ends when the name is heard of, so it can afford to wait longer for the
+# late answer of a busy node (zeroconf's own ServiceInfo.request waits 3 s).
+_LOOKUP_TIMEOUT = 3.0
 _FETCH_TIMEOUT = 1.0
 _FETCH_RETRY = 5.0  # seconds before a node whose fetch failed is asked again
 _LOOPBACK = "127.0.0.1"
 _ALL = "0.0.0.0"
-_OPTIONS = ("interfaces", "timeout", "fetch_timeout", "domain")
+_OPTIONS = ("interfaces", "timeout", "lookup_timeout", "fetch_timeout", "domain")
 # RFC 6763 section 6.2 advises TXT records under 1300 bytes, so that with the PTR, SRV and A
 # records an answer still fits one 1460-byte packet.
 _TXT_BUDGET = 1300
@@ -109,8 +112,9 @@ class MDNSRegistry(Registry):
     ``interfaces`` are IPv4 addresses to run mDNS on (``["0.0.0.0"]`` for all of them); when
     left out they follow the first use: a registered node's address (a loopback node stays on
     loopback, another address adds loopback for local tools), or loopback alone for a pure client.
-    A fresh registry waits up to ``browse_timeout`` seconds for answers; fetching what a TXT record
-    cannot hold from a node takes at most ``fetch_timeout`` seconds. ``domain`` (1 to 15
+    A fresh registry lists what answers within ``browse_timeout`` seconds, and waits up to
+    ``lookup_timeout`` seconds for a service looked up by name; fetching what a TXT record cannot
+    hold from a node takes at most ``fetch_timeout`` seconds. ``domain`` (1 to 15
     lower-case letters, digits and inner hyphens) separates systems on one network: a registry
     sees the nodes of its own domain only.
     """
@@ -120,11 +124,14 @@ class MDNSRegistry(Registry):
         *,
         interfaces: Sequence[str] | None = None,
         browse_timeout: float = _BROWSE_TIMEOUT,
+        lookup_timeout: float = _LOOKUP_TIMEOUT,
         fetch_timeout: float = _FETCH_TIMEOUT,
         domain: str = DEFAULT_DOMAIN,
     ) -> None:
         if browse_timeout < 0:
             raise ValueError(f"browse_timeout must be >= 0 seconds, got {browse_timeout}")
+        if lookup_timeout < 0:
+            raise ValueError(f"lookup_timeout must be >= 0 seconds, got {lookup_timeout}")
         if fetch_timeout <= 0:
             raise ValueError(f"fetch_timeout must be > 0 seconds, got {fetch_timeout}")
         if not _DOMAIN.fullmatch(domain):
@@ -134,10 +141,19 @@ class MDNSRegistry(Registry):
             )
         self._configured = _check_interfaces(interfaces)
         self.browse_timeout = browse_timeout
+        self.lookup_timeout = lookup_timeout
         self.fetch_timeout = fetch_timeout
         self.domain = domain
         self.service_type = f"_{domain}._tcp.local."
-        self.url = _url(self._configured, browse_timeout, fetch_timeout, domain)
+        self.url = _url(
+            self._configured,
+            {
+                "timeout": (browse_timeout, _BROWSE_TIMEOUT),
+                "lookup_timeout": (lookup_timeout, _LOOKUP_TIMEOUT),
+                "fetch_timeout": (fetch_timeout, _FETCH_TIMEOUT),
+            },
+            domain,
+        )
         self._zeroconf: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
         self._interfaces: list[str] | None = None
@@ -156,7 +172,7 @@ class MDNSRegistry(Registry):
     @classmethod
     def from_url(cls, url: str, *, parts: Parts | None = None) -> MDNSRegistry:
         """``mdns://``, ``mdns://127.0.0.1``, ``mdns://0.0.0.0`` (all interfaces) or
-        ``mdns://?interfaces=127.0.0.1,10.0.0.2&timeout=0.5&fetch_timeout=2``."""
+        ``mdns://?interfaces=127.0.0.1,10.0.0.2&timeout=0.5&lookup_timeout=2&fetch_timeout=2``."""
         split = urlsplit(url)
         if split.scheme.lower() != "mdns":
             raise ValueError(f"not an mdns:// URL: {url!r}")
@@ -164,17 +180,20 @@ class MDNSRegistry(Registry):
             raise ValueError(f"mdns:// takes a host and ?options only, got {url!r}")
         if split.port is not None:
             raise ValueError(f"mdns:// takes no port (mDNS always uses 5353), got {url!r}")
-        query = parse_qs(split.query, strict_parsing=bool(split.query))
+        query = parse_qs(split.query, keep_blank_values=True, strict_parsing=bool(split.query))
         options = {key: values[-1] for key, values in query.items()}
         unknown = sorted(set(options) - set(_OPTIONS))
         if unknown:
             raise ValueError(f"unknown mdns:// option(s) {unknown}; expected {list(_OPTIONS)}")
         if split.hostname and "interfaces" in options:
             raise ValueError(f"give interfaces as the host or as ?interfaces=, not both: {url!r}")
+        if options.get("interfaces") == "":
+            raise ValueError(f"mdns:// option interfaces is empty: {url!r}")
         listed = options.get("interfaces") or split.hostname
         return cls(
             interfaces=listed.split(",") if listed else None,
             browse_timeout=_seconds(options, "timeout", _BROWSE_TIMEOUT),
+            lookup_timeout=_seconds(options, "lookup_timeout", _LOOKUP_TIMEOUT),
             fetch_timeout=_seconds(options, "fetch_timeout", _FETCH_TIMEOUT),
             domain=options.get("domain", DEFAULT_DOMAIN),
         )
@@ -321,12 +340,14 @@ class MDNSRegistry(Registry):
 
     async def get_service(self, name: str) -> list[Service]:
         self._open([_LOOPBACK])
-        await self._browse_until(lambda: any(a.record.name == name for a in self._live()))
+        await self._browse_until(
+            lambda: any(a.record.name == name for a in self._live()), self.lookup_timeout
+        )
         return await self._assemble([a for a in self._live() if a.record.name == name], fetch=True)
 
     async def list_services(self) -> list[Service]:
         self._open([_LOOPBACK])
-        await self._browse_until(lambda: False)
+        await self._browse_until(lambda: False, self.browse_timeout)
         services = await self._assemble(self._live(), fetch=False)
         return sorted(services, key=lambda service: (service.name, service.version))
 
@@ -341,12 +362,12 @@ class MDNSRegistry(Registry):
         finally:
             self._watchers.discard(watcher)
 
-    async def _browse_until(self, found: Callable[[], bool]) -> None:
-        """On a registry opened less than ``browse_timeout`` ago, wait for answers until
+    async def _browse_until(self, found: Callable[[], bool], window: float) -> None:
+        """On a registry opened less than ``window`` seconds ago, wait for answers until
         ``found()`` or the end of that window."""
         loop = asyncio.get_running_loop()
         while not found():
-            remaining = self._opened_at + self.browse_timeout - loop.time()
+            remaining = self._opened_at + window - loop.time()
             if remaining <= 0:
                 return
             with contextlib.suppress(TimeoutError):
@@ -782,15 +803,16 @@ def _seconds(options: dict[str, str], name: str, default: float) -> float:
 
 
 def _url(
-    interfaces: list[str] | None, browse_timeout: float, fetch_timeout: float, domain: str
+    interfaces: list[str] | None, timeouts: dict[str, tuple[float, float]], domain: str
 ) -> str:
+    """The registry's URL, with the options that differ from the defaults; ``timeouts`` maps an
+    option to its value and its default."""
     options: dict[str, str] = {}
     if domain != DEFAULT_DOMAIN:
         options["domain"] = domain
     if interfaces is not None:
         options["interfaces"] = ",".join(interfaces)
-    if browse_timeout != _BROWSE_TIMEOUT:
-        options["timeout"] = str(browse_timeout)
-    if fetch_timeout != _FETCH_TIMEOUT:
-        options["fetch_timeout"] = str(fetch_timeout)
+    for option, (value, default) in timeouts.items():
+        if value != default:
+            options[option] = str(value)
     return f"mdns://?{urlencode(options, safe=',')}" if options else "mdns://"

@@ -169,6 +169,23 @@ async def test_a_fresh_registry_waits_for_answers_a_node_may_delay() -> None:
             assert await fresh.get_service(service.name) == [service]
 
 
+async def test_a_lookup_waits_for_its_name_longer_than_a_listing_waits() -> None:
+    """A listing gives what answered within ``timeout``; a lookup of one name waits up to
+    ``lookup_timeout`` for it, and ends when it is heard of."""
+    service = make_service(unique())
+    async with (
+        loopback_registry(browse_timeout=0.2, lookup_timeout=10) as fresh,
+        loopback_registry() as registry,
+    ):
+        await asyncio.sleep(0.3)  # past the listing window
+        assert not await is_listed(fresh, service)
+        lookup = asyncio.create_task(fresh.get_service(service.name))
+        await asyncio.sleep(0.2)
+        assert not lookup.done()
+        await registry.register(service, ttl=30)
+        assert await asyncio.wait_for(lookup, 5) == [service]
+
+
 async def test_a_node_that_left_is_not_revived_by_an_answer_held_back() -> None:
     service = make_service(unique())
     async with loopback_registry() as registry:
@@ -403,25 +420,27 @@ def test_txt_record_keeps_what_fits_and_flags_the_rest() -> None:
 
 
 @pytest.mark.parametrize(
-    ("url", "interfaces", "browse_timeout", "fetch_timeout"),
+    ("url", "interfaces", "timeouts"),
     [
-        ("mdns://", None, 1.5, 1.0),
-        ("mdns://127.0.0.1", ["127.0.0.1"], 1.5, 1.0),
-        ("mdns://0.0.0.0", ["0.0.0.0"], 1.5, 1.0),
-        ("mdns://?interfaces=127.0.0.1,10.0.0.2&timeout=0.5", ["127.0.0.1", "10.0.0.2"], 0.5, 1.0),
-        ("MDNS://?fetch_timeout=2.5&timeout=0", None, 0.0, 2.5),
+        ("mdns://", None, (1.5, 3.0, 1.0)),
+        ("mdns://127.0.0.1", ["127.0.0.1"], (1.5, 3.0, 1.0)),
+        ("mdns://0.0.0.0", ["0.0.0.0"], (1.5, 3.0, 1.0)),
+        (
+            "mdns://?interfaces=127.0.0.1,10.0.0.2&timeout=0.5",
+            ["127.0.0.1", "10.0.0.2"],
+            (0.5, 3.0, 1.0),
+        ),
+        ("MDNS://?fetch_timeout=2.5&timeout=0&lookup_timeout=7", None, (0.0, 7.0, 2.5)),
+        ("mdns://?lookup_timeout=0", None, (1.5, 0.0, 1.0)),
     ],
 )
 def test_from_url(
-    url: str, interfaces: list[str] | None, browse_timeout: float, fetch_timeout: float
+    url: str, interfaces: list[str] | None, timeouts: tuple[float, float, float]
 ) -> None:
     registry = from_url(url)
     assert isinstance(registry, MDNSRegistry)
-    assert (registry._configured, registry.browse_timeout, registry.fetch_timeout) == (
-        interfaces,
-        browse_timeout,
-        fetch_timeout,
-    )
+    assert registry._configured == interfaces
+    assert (registry.browse_timeout, registry.lookup_timeout, registry.fetch_timeout) == timeouts
     assert registry.interfaces is None  # nothing opens before the first use
     again = MDNSRegistry.from_url(registry.url)
     assert (again.url, again._configured) == (registry.url, interfaces)
@@ -437,6 +456,9 @@ def test_from_url(
         ("mdns://?ttl=3", "unknown mdns:// option"),
         ("mdns://?timeout=soon", "must be seconds"),
         ("mdns://?timeout=-1", "browse_timeout must be >= 0"),
+        ("mdns://?lookup_timeout=-0.5", "lookup_timeout must be >= 0"),
+        ("mdns://?lookup_timeout=", "must be seconds, got ''"),
+        ("mdns://?interfaces=", "empty"),
         ("mdns://?fetch_timeout=0", "fetch_timeout must be > 0"),
         ("mdns://127.0.0.1?interfaces=127.0.0.1", "not both"),
         ("mdns://?interfaces=0.0.0.0,127.0.0.1", "cannot be listed with others"),
@@ -524,6 +546,6 @@ async def test_a_loopback_node_opens_mdns_on_loopback_only() -> None:
 
 
 async def test_a_pure_client_opens_mdns_on_loopback() -> None:
-    async with MDNSRegistry(browse_timeout=0, domain=mdns_domain()) as client:
+    async with MDNSRegistry(lookup_timeout=0, domain=mdns_domain()) as client:
         assert await client.get_service(unique("missing")) == []
         assert client.interfaces == ["127.0.0.1"]

@@ -64,7 +64,7 @@ async def test_a_service_bound_to_it_fails_at_start_with_that_message() -> None:
 
 
 async def test_a_lookup_that_finds_nothing_names_the_registry_and_the_causes() -> None:
-    registry = mdns(browse_timeout=0.2)
+    registry = mdns(lookup_timeout=0.2)
     service = Service(f"caller-{uuid.uuid4().hex[:8]}", registry=registry, grpc=False)
     async with registry:
         with pytest.raises(ServiceUnavailable) as raised:
