@@ -131,11 +131,7 @@ class Registrar:
     async def withdraw(self) -> bool:
         """Stop the heartbeat and deregister the node; ``True`` when it had been registered.
         Idempotent."""
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
-            self._heartbeat = None
+        await self._stop_heartbeat()
         if not self.registered.is_set():
             return False
         self.registered.clear()
@@ -145,8 +141,22 @@ class Registrar:
             logger.warning("%s: deregistration failed", self.name, exc_info=True)
         return True
 
+    async def abandon(self) -> None:
+        """Stop the heartbeat and leave the registration behind, as a process that dies
+        does: the registry drops the node once its ``ttl`` runs out, and a ``withdraw`` or
+        ``stop`` after this deregisters nothing."""
+        await self._stop_heartbeat()
+        self.registered.clear()
+
     async def stop(self) -> None:
         await self.withdraw()
+
+    async def _stop_heartbeat(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+            self._heartbeat = None
 
     # -- inside -----------------------------------------------------------------------------
 

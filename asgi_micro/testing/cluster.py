@@ -25,7 +25,8 @@ the real thing):
 - ``node(name).drop()``: calls to it get no answer: each attempt times out;
 - ``partition(a, b)``: calls between services ``a`` and ``b``, either way, get no answer;
 - ``node(name).kill()``: it stops at once, without draining, and leaves the registry;
-  ``restart()`` serves it again, registered anew;
+  ``node(name).crash()``: the same, but its registration stays until its TTL runs out, as a
+  killed process's does; ``restart()`` serves it again, registered anew;
 - ``heal()``: every fault gone (``node(name).heal()`` for one node's).
 
 ``cluster.events(topic)`` captures what is published on a topic; ``cluster.client`` calls the
@@ -205,8 +206,17 @@ class ClusterNode:
         finally:
             self.service.drain_timeout, self.service.drain_grace = drain_timeout, drain_grace
 
+    async def crash(self) -> None:
+        """Die as a killed process does: at once, without draining, and with its
+        registration left behind until the registry's TTL drops it (the service's
+        ``register_ttl`` after its last heartbeat). Meanwhile callers still find the node
+        and are refused by it, which is what retries and ejection see of a crashed node."""
+        await self.service.registrar.abandon()
+        await self.kill()
+
     async def restart(self) -> None:
-        """Serve again after ``kill`` or ``stop``, registered anew; its other faults stay."""
+        """Serve again after ``kill``, ``crash`` or ``stop``, registered anew; its other
+        faults stay."""
         await self.stop()
         self._fault.refused = False
         await self.start()

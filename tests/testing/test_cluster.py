@@ -19,7 +19,8 @@ from pydantic import BaseModel
 
 from asgi_micro import MicroRouter, Service, errors
 from asgi_micro.client.policies import Breaker, Policies, Policy
-from asgi_micro.testing import Cluster, free_port
+from asgi_micro.registry import EventType
+from asgi_micro.testing import Cluster, free_port, until
 from asgi_micro.testing.cluster import Events, service_of_app
 from example_apps.frontend.app import app as frontend_app
 from example_apps.greeter.app import app as greeter_app
@@ -123,6 +124,57 @@ async def test_a_killed_greeter_is_gone_until_restarted(cluster_of: StartCluster
     assert await cluster.registry.get_service("greeter") == []
     await greeter.restart()
     assert await welcome(cluster) == (200, {"message": "Hello Ada"})
+
+
+class Echo(BaseModel):
+    text: str
+
+
+def short_lived_app(ttl: float) -> FastAPI:
+    """A service whose registration lives ``ttl`` seconds past its last heartbeat."""
+    service = Service("short-lived", register_ttl=ttl, register_interval=ttl / 4)
+    api = MicroRouter("Echo")
+
+    @api.rpc()
+    async def echo(req: Echo) -> Echo:
+        return req
+
+    app = FastAPI(lifespan=service.lifespan)
+    app.include_router(api)
+    return app
+
+
+async def test_a_crashed_node_stays_registered_and_refuses_until_its_ttl_runs_out(
+    cluster_of: StartCluster,
+) -> None:
+    cluster = await cluster_of(short_lived_app(ttl=1.5))
+    node = cluster.node("short-lived")
+    node_id = node.service.node.id  # type: ignore[union-attr]
+    removed: list[str] = []
+
+    async def watch() -> None:
+        async for event in cluster.registry.watch("short-lived"):
+            if event.type is EventType.DELETE:
+                removed.extend(n.id for n in event.service.nodes)
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0)  # watching before the crash
+    try:
+        await node.crash()
+        crashed_at = time.monotonic()
+        [record] = await cluster.registry.get_service("short-lived")
+        assert [n.id for n in record.nodes] == [node_id]  # nobody deregistered it
+        assert removed == []
+        with pytest.raises(errors.ConnectionFailed, match="refused"):
+            await cluster.client.call("short-lived", "Echo.Echo", {"text": "hi"})
+        await until(lambda: removed == [node_id], "the registration to expire", timeout=10)
+        assert time.monotonic() - crashed_at < 5  # its TTL of 1.5 s, not the default 30 s
+        assert await cluster.registry.get_service("short-lived") == []
+        await node.restart()
+        reply = await cluster.client.call("short-lived", "Echo.Echo", {"text": "hi"})
+        assert reply == {"text": "hi"}
+    finally:
+        watcher.cancel()
 
 
 async def test_a_port_taken_before_the_greeter_binds_it_is_traded_for_another(
