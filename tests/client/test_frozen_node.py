@@ -73,8 +73,7 @@ class Load:
 async def cluster() -> AsyncIterator[Cluster]:
     cluster = Cluster(f"frozen-{time.monotonic_ns() % 10**8}")
     try:
-        for _ in range(3):
-            await cluster.start()
+        await cluster.start_many(3)
         yield cluster
     finally:
         for process in cluster.processes.values():
