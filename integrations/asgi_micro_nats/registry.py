@@ -29,7 +29,10 @@ it reads the bucket again and reports what changed meanwhile.
 ``start`` creates the bucket if it is missing (``history`` 1, ``max_age``, ``replicas``,
 ``storage``), and a heartbeat creates it again if it disappeared (a server that lost its
 storage); a bucket that exists is the operator's and is left as it is. A lookup reads the
-bucket through an ordered consumer of its own, which the server drops a second after the read.
+bucket through an ordered consumer of its own, which the server drops a second after the read;
+it and a watch's first read take as many entries as the consumer's info says it sent and has
+left to send, rather than nats-py's "all in" marker, which a busy server can make come before
+entries it had sent (nats-io/nats.py#842: a live node then looked gone).
 The hosts' clocks should agree with the server's to well within a ttl (NTP).
 
 Options: ``bucket`` (``micro_registry``), ``timeout`` (of the connect and of each request,
@@ -46,7 +49,7 @@ import enum
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, Self
@@ -55,8 +58,9 @@ import nats.errors
 import nats.js.errors
 import orjson
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from asgi_micro.errors import PayloadTooLarge, ServiceUnavailable
 from asgi_micro.registry import Event, EventType, Node, Registry, Service
@@ -78,6 +82,7 @@ _READ_LINGER: Final = 1.0  # how long the server keeps a lookup's consumer after
 _WATCH_LINGER: Final = 30.0  # ... and a watch's, once its connection is gone
 _RETRY: Final = 1.0
 _DELETED: Final = (KV_DEL, KV_PURGE)
+_MARKER_REASON: Final = "Nats-Marker-Reason"
 _BUCKET_NAME: Final = re.compile(r"[A-Za-z0-9_-]+")
 _KEPT: Final = re.compile(r"[A-Za-z0-9_-]")
 _STORAGE: Final = {"file": api.StorageType.FILE, "memory": api.StorageType.MEMORY}
@@ -347,14 +352,9 @@ class NATSRegistry(Registry):
     async def _read(self, keys: str) -> list[_Node]:
         """The live nodes under ``keys`` now; those past their ttl are deleted on the way."""
         kv = self._started()
-        entries: list[KeyValue.Entry] = []
+        assert self._js is not None
         try:
-            watcher = await kv.watch(keys, inactive_threshold=_READ_LINGER)
-            try:
-                while (entry := await watcher.updates(timeout=self.timeout)) is not None:  # type: ignore[no-untyped-call]
-                    entries.append(entry)
-            finally:
-                await _stop(watcher)
+            entries = await _snapshot(self._js, self.bucket, keys, self.timeout)
         except nats.js.errors.NotFoundError:
             return []  # no bucket (yet): no nodes
         except NATS_ERRORS as exc:
@@ -422,9 +422,10 @@ class NATSRegistry(Registry):
     ) -> _Following | None:
         """A consumer of the bucket's ``keys`` feeding ``signals``; ``None`` once stopped."""
         failing = False
-        while (kv := self._kv) is not None:
+        while (js := self._js) is not None:
+            following = _Following(signals, generation, self.bucket)
             try:
-                watcher = await kv.watch(keys, inactive_threshold=_WATCH_LINGER)
+                await following.start(js, keys)
             except NATS_ERRORS as exc:
                 if not retry:
                     raise ServiceUnavailable(
@@ -435,8 +436,79 @@ class NATSRegistry(Registry):
                 failing = True
                 await asyncio.sleep(_RETRY)
                 continue
-            return _Following(watcher, asyncio.create_task(_pump(watcher, signals, generation)))
+            return following
         return None
+
+
+async def _snapshot(
+    js: JetStreamContext, bucket: str, keys: str, timeout: float
+) -> list[KeyValue.Entry]:
+    """The newest entry of each key under ``keys`` (delete markers included), as the bucket
+    holds them now.
+
+    Read on an ordered consumer of its own, counting what the server says it has sent and has
+    left to send. nats-py's ``KeyValue.watch`` says the bucket's content is all in (its
+    ``None``) when the consumer's info reports nothing pending and nothing has reached the
+    subscription yet; a busy server may answer the info before it writes the entries it has
+    already sent, and the read would then end empty: a live node would look gone
+    (nats-io/nats.py#842)."""
+    sub = await _subscribe(js, bucket, keys, _READ_LINGER)
+    try:
+        entries: dict[str, KeyValue.Entry] = {}
+        for _ in range(_sent_and_pending(await sub.consumer_info())):
+            entry = _entry(await sub.next_msg(timeout=timeout), bucket)
+            entries[entry.key] = entry  # (a consumer that nats-py had to reset sends it again)
+        return list(entries.values())
+    finally:
+        with contextlib.suppress(*NATS_ERRORS):
+            await sub.unsubscribe()
+
+
+async def _subscribe(
+    js: JetStreamContext,
+    bucket: str,
+    keys: str,
+    linger: float,
+    cb: Callable[[Msg], Awaitable[None]] | None = None,
+) -> JetStreamContext.PushSubscription:
+    """An ordered consumer of the newest entry of each of the bucket's ``keys``, then of what
+    comes; the server drops it ``linger`` seconds after its connection is gone."""
+    return await js.subscribe(
+        _prefix(bucket) + keys,
+        stream=f"KV_{bucket}",
+        cb=cb,
+        ordered_consumer=True,
+        deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+        inactive_threshold=linger,
+    )
+
+
+def _sent_and_pending(info: api.ConsumerInfo) -> int:
+    """How many entries a consumer had sent and had left to send when its info was read."""
+    sent = info.delivered.consumer_seq if info.delivered is not None else 0
+    return sent + (info.num_pending or 0)
+
+
+def _prefix(bucket: str) -> str:
+    return f"$KV.{bucket}."
+
+
+def _entry(msg: Msg, bucket: str) -> KeyValue.Entry:
+    """A message of the bucket's stream as the entry ``KeyValue.watch`` would make of it."""
+    headers = msg.headers or {}
+    operation = headers.get(KV_OP)
+    if operation is None and _MARKER_REASON in headers:  # nats-server 2.11+: a server's marker
+        operation = KV_DEL if headers[_MARKER_REASON] == "Remove" else KV_PURGE
+    meta = msg.metadata
+    return KeyValue.Entry(
+        bucket=bucket,
+        key=msg.subject[len(_prefix(bucket)) :],
+        value=msg.data,
+        revision=meta.sequence.stream,
+        delta=meta.num_pending,
+        created=meta.timestamp,  # type: ignore[arg-type]  # a datetime, as nats-py's own watch sets
+        operation=operation,
+    )
 
 
 # records
@@ -534,29 +606,42 @@ _Signal = _Control | _Update | _Expired
 
 
 class _Following:
-    """A KV watcher and the task that moves its entries into a watch's signals."""
+    """An ordered consumer of the bucket's keys feeding a watch's ``signals``: an ``_Update``
+    for each entry, then one without an entry once what the bucket held when the consumer
+    began is all in (counted from the consumer's info, as ``_snapshot`` counts)."""
 
-    def __init__(self, watcher: KeyValue.KeyWatcher, pump: asyncio.Task[None]) -> None:
-        self.watcher = watcher
-        self.pump = pump
+    def __init__(self, signals: asyncio.Queue[_Signal], generation: int, bucket: str) -> None:
+        self.signals = signals
+        self.generation = generation
+        self.bucket = bucket
+        self.sub: JetStreamContext.PushSubscription | None = None
+        self.received = 0
+        self.initial: int | None = None  # known once the consumer's info is in
+        self.all_in = False
+
+    async def start(self, js: JetStreamContext, keys: str) -> None:
+        self.sub = await _subscribe(js, self.bucket, keys, _WATCH_LINGER, self._arrived)
+        try:
+            self.initial = _sent_and_pending(await self.sub.consumer_info())
+        except BaseException:
+            await self.close()
+            raise
+        self._signal_when_all_in()
+
+    async def _arrived(self, msg: Msg) -> None:
+        self.signals.put_nowait(_Update(self.generation, _entry(msg, self.bucket)))
+        self.received += 1
+        self._signal_when_all_in()
+
+    def _signal_when_all_in(self) -> None:
+        if not self.all_in and self.initial is not None and self.received >= self.initial:
+            self.all_in = True
+            self.signals.put_nowait(_Update(self.generation, None))
 
     async def close(self) -> None:
-        self.pump.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.pump
-        await _stop(self.watcher)
-
-
-async def _pump(
-    watcher: KeyValue.KeyWatcher, signals: asyncio.Queue[_Signal], generation: int
-) -> None:
-    async for entry in watcher:
-        signals.put_nowait(_Update(generation, entry))
-
-
-async def _stop(watcher: KeyValue.KeyWatcher) -> None:
-    with contextlib.suppress(*NATS_ERRORS):
-        await watcher.stop()  # type: ignore[no-untyped-call]
+        if self.sub is not None:
+            with contextlib.suppress(*NATS_ERRORS):
+                await self.sub.unsubscribe()
 
 
 @dataclass(slots=True)

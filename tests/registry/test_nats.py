@@ -9,7 +9,7 @@ import contextlib
 import statistics
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import nats
@@ -244,6 +244,66 @@ async def test_a_heartbeat_makes_a_deleted_bucket_again(bucket: str, client: Cli
         assert await observer.get_service(service.name) == []
         await registry.register(service, ttl=30)
         assert node_ids(await observer.get_service(service.name)) == node_ids([service])
+
+
+@contextlib.contextmanager
+def entries_late(client: Client, bucket: str, seconds: float = 0.3) -> Iterator[set[object]]:
+    """``client`` takes the bucket's entries ``seconds`` late, after whatever the server sent
+    next (a consumer's info): what a busy server may do. Yields the entries held back."""
+    prefix = f"$KV.{bucket}.".encode()
+    process_msg = client._process_msg
+    held: set[object] = set()
+
+    async def late(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+        if not subject.startswith(prefix):
+            await process_msg(sid, subject, reply, data, headers)
+            return
+        held.add(
+            asyncio.get_running_loop().call_later(
+                seconds,
+                lambda: asyncio.ensure_future(process_msg(sid, subject, reply, data, headers)),
+            )
+        )
+
+    client._process_msg = late  # type: ignore[method-assign]
+    try:
+        yield held
+    finally:
+        client._process_msg = process_msg  # type: ignore[method-assign]
+
+
+async def test_a_lookup_waits_for_what_the_server_sent_after_answering_the_consumer_info(
+    bucket: str, client: Client
+) -> None:
+    """Seen on a busy CI machine: a lookup right after a registration found no node. A server
+    may answer a consumer's info before it writes the entries that consumer was sent, and
+    nats-py's KV watch then says "all in" before they arrive (nats-io/nats.py#842)."""
+    service = make_service(unique())
+    async with opened(bucket, count=1) as [registry]:
+        await registry.register(service, ttl=30)
+        async with NATSRegistry(client=client, bucket=bucket) as observer:
+            with entries_late(client, bucket) as held:
+                assert node_ids(await observer.get_service(service.name)) == node_ids([service])
+                assert held  # the entry did come after the info's answer
+
+
+async def test_a_watch_counts_what_was_there_though_it_comes_late(
+    bucket: str, client: Client
+) -> None:
+    """The same late entries and a watch: a node there before it is not reported as new."""
+    before, after = make_service(unique()), make_service(unique())
+    async with opened(bucket, count=1) as [registry]:
+        await registry.register(before, ttl=30)
+        await asyncio.sleep(1.2)  # registered well before the watch (past the clock slack)
+        async with NATSRegistry(client=client, bucket=bucket) as observer:
+            with entries_late(client, bucket) as held:
+                async with contextlib.aclosing(observer.watch()) as stream:
+                    first = asyncio.ensure_future(anext(stream))
+                    await asyncio.sleep(0.1)
+                    await registry.register(after, ttl=30)
+                    event = await asyncio.wait_for(first, 5)
+                assert held
+        assert (event.type, event.service.name) == (EventType.CREATE, after.name)
 
 
 async def test_names_with_dots_are_separate_services(bucket: str) -> None:
