@@ -8,6 +8,7 @@ breakers and errors must read the same both ways."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import socket
 import time
@@ -175,6 +176,8 @@ async def test_a_crashed_node_stays_registered_and_refuses_until_its_ttl_runs_ou
         assert reply == {"text": "hi"}
     finally:
         watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
 
 
 async def test_a_port_taken_before_the_greeter_binds_it_is_traded_for_another(
