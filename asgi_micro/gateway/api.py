@@ -48,7 +48,7 @@ import orjson
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.routing import Mount
+from starlette.types import ASGIApp
 
 from ..auth import Account, Auth
 from ..auth.guard import Guard, jwks_through
@@ -638,8 +638,14 @@ def _forwarded_headers(
     return forwarded
 
 
+_NOT_RELAYED: Final = HOP_BY_HOP | {b"date", b"server"}
+"""Headers of a node's reply the caller is not sent: those of the connection, and ``Date``
+and ``Server``, which the server in front of the gateway adds to every response (uvicorn and
+Hypercorn do); relayed, they would come twice."""
+
+
 def _end_to_end(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    return [(name, value) for name, value in headers if name not in HOP_BY_HOP]
+    return [(name, value) for name, value in headers if name not in _NOT_RELAYED]
 
 
 async def _relay(send: Send, response: StreamingResponse) -> None:
@@ -710,6 +716,29 @@ def gateway(
                 max_age=600,
             )
         )
-    app = Starlette(routes=[Mount("/", app=api)], middleware=middleware, lifespan=api.lifespan)
+    app = _Edge(middleware=middleware, lifespan=api.lifespan)
     app.state.gateway = api
     return app
+
+
+class _Edge(Starlette):
+    """A Starlette app whose whole routing is the gateway: the user's middleware (CORS) around
+    it and nothing else in the way. Starlette's router would add a route match, a mount's scope
+    copy and an exception wrapper around every ``send`` to each request, for a gateway that
+    answers every path and its own errors (anything else reaches the server, which answers
+    500 and logs it). The lifespan is still Starlette's (``router.lifespan_context``)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        gateway: Gateway = self.state.gateway
+        lifespan = self.router.lifespan
+
+        async def edge(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "lifespan":
+                await lifespan(scope, receive, send)
+            else:
+                await gateway(scope, receive, send)
+
+        app: ASGIApp = edge
+        for cls, args, kwargs in reversed(self.user_middleware):
+            app = cls(app, *args, **kwargs)
+        return app

@@ -149,6 +149,10 @@ async def test_rpc_by_path_by_name_and_by_post_rpc(greeter_gateway: httpx.AsyncC
     # Metadata goes on: the greeter reads ``greeting``.
     hi = await http.post("/greeter/hello", json=ada, headers={"Micro-Greeting": "Hi"})
     assert hi.json() == {"message": "Hi Ada"}
+    # The server in front of the gateway dates the reply: the node's Date and Server headers
+    # are not relayed beside its own.
+    for name in ("date", "server", "content-length", "content-type"):
+        assert len(hi.headers.get_list(name)) == 1, (name, hi.headers.raw)
     rpc = await http.post(
         "/rpc", json={"service": "greeter", "endpoint": "Greeter.Hello", "request": ada}
     )
@@ -174,6 +178,7 @@ async def test_a_stream_comes_through_as_it_is_sent(greeter_gateway: httpx.Async
     ) as reply:
         assert reply.status_code == 200
         lines = [orjson.loads(line) async for line in reply.aiter_lines() if line]
+        assert len(reply.headers.get_list("date")) == len(reply.headers.get_list("server")) == 1
     assert [line["message"] for line in lines] == [f"Hello Ada ({n})" for n in (1, 2, 3)]
     rpc = await greeter_gateway.post(
         "/rpc",
