@@ -25,6 +25,7 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass, field, replace
 from typing import Any, AnyStr, Generic, TypeVar
 
+from .deadlines import Deadlines
 from .errors import BadRequest, Timeout
 
 __all__ = [
@@ -277,13 +278,20 @@ async def within_deadline(context: Context, awaitable: Awaitable[T]) -> T:
             if asyncio.iscoroutine(awaitable):
                 awaitable.close()
             raise Timeout("deadline exceeded before the handler started")
-        deadline = asyncio.timeout(remaining)
+        # What ``asyncio.timeout(remaining)`` does, on the loop's one timer for all calls.
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("within_deadline runs in a task")
+        cancelling = task.cancelling()
+        deadlines = Deadlines.of_running_loop()
+        ticket = deadlines.start(deadlines.loop.time() + remaining, task)
         try:
-            async with deadline:
-                return await awaitable
-        except TimeoutError:
-            if deadline.expired():
+            return await awaitable
+        except asyncio.CancelledError:
+            if deadlines.expired(ticket) and task.uncancel() <= cancelling:
                 raise Timeout("deadline exceeded") from None
             raise
+        finally:
+            deadlines.finish(ticket)
     finally:
         Context.reset(token)

@@ -61,7 +61,7 @@ from .signals import ExitSignals
 from .state import STATE_KEY
 from .store import Store
 from .sync import Sync
-from .tracing import Tracing, tracing_for
+from .tracing import Tracing, own_server_spans, tracing_for
 from .types import ASGIApp
 
 if TYPE_CHECKING:
@@ -480,10 +480,13 @@ class Service(Lifecycle):
 
     def attach(self, app: ASGIApp) -> None:
         """Serve ``app``: its routes become this service's endpoints, and its OpenAPI document
-        says what the service serves (``asgi_micro.openapi``)."""
+        says what the service serves (``asgi_micro.openapi``); with tracing on, its calls' server
+        spans are the service's (FastAPI's own are turned off)."""
         self.app = app
         self._endpoints = None
         use_served_openapi(app)
+        if self.tracing is not None:
+            own_server_spans(app)
 
     def drain_on_exit_signals(self) -> None:
         """On the first SIGINT/SIGTERM, drain before the server's own handler runs; a second

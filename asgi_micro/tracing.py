@@ -30,6 +30,11 @@ owns with the SDK (the ``otel`` extra): a ``BatchSpanProcessor`` to the exporter
 and a resource naming the service (``service.name``, ``service.version``,
 ``service.instance.id``). Its spans are flushed when the service stops.
 
+FastAPI (0.165 and later) makes HTTP server spans of its own once a global tracer provider is
+set (``FastAPI(telemetry=...)``, on by default). A traced service turns that off for the app it
+serves, so that a request gets one server span, the service's (FastAPI's metrics and logs
+telemetry stay as they are).
+
 While tracing is on, every log record carries the current span's ids as ``trace_id`` (32 hex
 digits) and ``span_id`` (16), both ``""`` outside a span:
 ``logging.basicConfig(format="%(levelname)s [%(trace_id)s %(span_id)s] %(message)s")``.
@@ -58,7 +63,7 @@ if TYPE_CHECKING:
     from .client.calls import ClientCall, ClientNext
     from .pipeline import Call, Next
 
-__all__ = ["OTEL_EXTRA", "Tracing", "install_log_ids", "tracing_for", "wanted"]
+__all__ = ["OTEL_EXTRA", "Tracing", "install_log_ids", "own_server_spans", "tracing_for", "wanted"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +118,16 @@ def tracing_for(
         instance=instance,
         messaging_system=_messaging_system(broker_url),
     )
+
+
+def own_server_spans(app: object) -> None:
+    """Turn FastAPI's own HTTP server spans off for ``app``, whose calls get the service's.
+
+    FastAPI keeps its telemetry settings in ``app._telemetry`` (read on every request); there
+    is no public way to change them once the app is made."""
+    config = getattr(app, "_telemetry", None)
+    if isinstance(config, dict) and config.get("tracing"):
+        config["tracing"] = False
 
 
 def _messaging_system(broker_url: str) -> str:

@@ -16,6 +16,7 @@ import grpc
 import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
+from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -411,6 +412,44 @@ async def test_a_streams_client_span_lasts_until_its_last_reply(
     assert called.end_time is not None
     assert served.end_time <= called.end_time <= ended_at
     assert called.status.status_code == StatusCode.UNSET
+
+
+async def test_with_a_global_provider_a_request_gets_one_server_span(
+    monkeypatch: pytest.MonkeyPatch, exporter: InMemorySpanExporter
+) -> None:
+    """FastAPI makes HTTP server spans of its own once a global tracer provider is set; a
+    traced service's app gets only the service's, for RPC endpoints and plain routes alike."""
+    name = f"globe-{uuid.uuid4().hex[:8]}"
+    with monkeypatch.context() as patch:  # the global provider is set only for this test
+        patch.setattr(trace, "_TRACER_PROVIDER", provider(exporter, name))
+        await one_span_per_request(name)
+    servers = [span.name for span in exporter.get_finished_spans() if span.kind == SpanKind.SERVER]
+    assert sorted(servers) == ["GET /plain", "Globe/Spin"]
+
+
+async def one_span_per_request(name: str) -> None:
+    service = Service(
+        name, registry=MemoryRegistry(), store="memory://", drain_grace=0.0, tracing=True
+    )
+    router = MicroRouter("Globe")
+
+    @router.rpc()
+    async def spin(req: Name) -> Name:
+        return req
+
+    app = FastAPI(lifespan=service.lifespan)
+    app.include_router(router)
+
+    @app.get("/plain")
+    async def plain() -> dict[str, str]:
+        return {"plain": "yes"}
+
+    async with (
+        serving(app, service) as address,
+        httpx.AsyncClient(base_url=f"http://{address}", trust_env=False) as http,
+    ):
+        assert (await http.post("/globe/spin", json={"name": "Ada"})).status_code == 200
+        assert (await http.get("/plain")).status_code == 200
 
 
 # -- off unless configured; the service's own SDK provider ----------------------------------
