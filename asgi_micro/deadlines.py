@@ -5,9 +5,9 @@ and cancels the timer when the block ends. A server guards every call that carri
 (the client sends one on every call), almost all of which end long before it, so on a call of
 a few tens of microseconds that is a visible share (``benchmarks/deadlines.py``). ``Deadlines``
 keeps the calls' deadlines in a heap instead and arms the loop's timer for the earliest only;
-a call that ends takes its deadline off the books (a dictionary delete). A deadline that passes cancels
-its task as ``asyncio.timeout`` does, and ``expired`` tells the guarded block that the
-cancellation was the deadline's.
+a call that ends takes its deadline off the books (a dictionary delete). A deadline that
+passes cancels its task as ``asyncio.timeout`` does, and ``expired`` tells the guarded block
+that the cancellation was the deadline's.
 
     deadlines = Deadlines.of_running_loop()
     ticket = deadlines.start(when, task)      # when: loop.time() seconds

@@ -45,6 +45,7 @@ from .data import Database
 from .endpoints import endpoints_of
 from .events import Events, Publication, Publisher, Subscriber
 from .grpc import GrpcServer, service_package
+from .heap import freeze_startup_heap
 from .messages import message_type
 from .metrics import Metrics
 from .middleware import MicroMiddleware
@@ -131,6 +132,8 @@ class Service(Lifecycle):
             key.lower() for key in (settings.propagate if propagate is None else propagate)
         )
         """Metadata keys that calls made while handling a call carry on (``"*"``: all)."""
+        self.gc_freeze = settings.gc_freeze
+        """Whether ``start`` ends by freezing the start-up heap (``asgi_micro.heap``)."""
         self.trust_callers = settings.trust_callers if trust_callers is None else trust_callers
         """Whether callers' ``Micro-*`` metadata and deadline are taken; ``False`` for a
         service that faces the outside (a browser's headers are not ours)."""
@@ -410,6 +413,8 @@ class Service(Lifecycle):
             if self.app is not None:
                 local.serve(self.id, self, self.app)  # calls from this process skip sockets
             self._started = True
+            if self.gc_freeze:
+                freeze_startup_heap()
 
     async def stop(self) -> None:
         """Drain (deregister, wait for calls in flight), then stop the parts in reverse

@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     tracing: bool | None = None
     """``MICRO_TRACING``: spans of every call (``asgi_micro.tracing``); unset, tracing is on
     when the ``OTEL_*`` environment asks for traces."""
+    gc_freeze: bool = False
+    """``MICRO_GC_FREEZE``: once the service started, leave the objects start-up made out of
+    the garbage collector's rounds (``asgi_micro.heap``); ``asgi-micro run`` and
+    ``asgi-micro api`` turn it on unless it is set."""
 
     @field_validator("propagate", mode="before")
     @classmethod

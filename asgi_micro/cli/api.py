@@ -12,6 +12,7 @@ caller's token goes on to the service, which checks it again.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -19,9 +20,11 @@ import typer
 
 from ..auth import DEFAULT_URL as DEFAULT_AUTH
 from ..auth import from_url as auth_from_url
+from ..heap import freeze_startup_heap
 from ..limits import DEFAULT_MAX_MESSAGE_SIZE
 from ..plugins import MissingDependency, Parts
 from ..registry import from_url as registry_from_url
+from ..settings import Settings
 from ..store import DEFAULT_URL as DEFAULT_STORE
 from ..store import from_url as store_from_url
 from .common import DEFAULT_URL, AuthDefault, RegistryOption, errors
@@ -98,9 +101,14 @@ def api(
         raise typer.Exit(2) from None
     gateway_lifespan = app.router.lifespan_context
 
+    os.environ.setdefault("MICRO_GC_FREEZE", "true")  # the process is ours: asgi_micro.heap
+    freeze = Settings().gc_freeze
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         async with gateway_lifespan(app):
+            if freeze:
+                freeze_startup_heap()
             yield
         if backing is not None:
             await backing.stop()

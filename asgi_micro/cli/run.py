@@ -111,6 +111,7 @@ def run(
         MICRO_BODY_TIMEOUT=str(body_timeout),
         MICRO_MAX_CONNECTIONS=str(max_connections),
     )
+    os.environ.setdefault("MICRO_GC_FREEZE", "true")  # the process is ours: asgi_micro.heap
     if len(targets) > 1:
         _run_group(targets, host, port, keep_alive_timeout, log_level)
         return
