@@ -118,6 +118,9 @@ _NOT_FORWARDED: Final = HOP_BY_HOP | {
 }
 _JSON: Final = b"application/json"
 _NDJSON: Final = b"application/x-ndjson"
+_RESOLVED_MAX: Final = 1024
+"""Requests' routes the gateway keeps (method, path and query); all are forgotten when it is
+full, and whenever the services change."""
 _FAILED_DOCUMENT_AGE: Final = 10.0
 """Seconds a service's document built from the registry (its own could not be fetched) is
 kept before the gateway asks the service again."""
@@ -182,6 +185,7 @@ class Gateway(Lifecycle):
             registry or self.client.registry, on_change=self._endpoints_changed, resync=resync
         )
         self.routes: dict[str, ServiceRoutes] = {}
+        self._resolved: dict[tuple[Any, ...], Route] = {}
         self._documents: dict[str, tuple[dict[str, Endpoint], dict[str, Any], float]] = {}
         self._document: dict[str, Any] | None = None
         self._started = False
@@ -314,7 +318,25 @@ class Gateway(Lifecycle):
 
     def _route(self, scope: Scope, path: str) -> Route:
         """The service a path names (its first segment) and its endpoint at the rest, read
-        from the raw path so that the rest goes to the node as the caller spelt it."""
+        from the raw path so that the rest goes to the node as the caller spelt it; kept until
+        the services change (those found, up to ``_RESOLVED_MAX`` requests' worth)."""
+        method = scope.get("method", "WEBSOCKET")
+        key = (
+            method,
+            path,
+            scope.get("raw_path"),
+            scope.get("root_path"),
+            scope.get("query_string"),
+        )
+        route = self._resolved.get(key)
+        if route is None:
+            route = self._resolve(scope, method, path)
+            if len(self._resolved) >= _RESOLVED_MAX:
+                self._resolved.clear()
+            self._resolved[key] = route
+        return route
+
+    def _resolve(self, scope: Scope, method: str, path: str) -> Route:
         raw: bytes = scope.get("raw_path") or path.encode("latin-1")
         root = scope.get("root_path", "").encode("latin-1")
         if root:
@@ -333,7 +355,7 @@ class Gateway(Lifecycle):
                 id=GATEWAY,
             )
         query = scope.get("query_string", b"").decode("latin-1")
-        return routes.route(scope.get("method", "WEBSOCKET"), rest, query, "/" + raw_rest)
+        return routes.route(method, rest, query, "/" + raw_rest)
 
     # -- edge checks --------------------------------------------------------------------------
 
@@ -542,6 +564,7 @@ class Gateway(Lifecycle):
             name: ServiceRoutes(name, endpoints)
             for name, endpoints in self.catalogue.endpoints.items()
         }
+        self._resolved = {}
         self._document = None
 
     async def openapi(self, root_path: str = "") -> dict[str, Any]:

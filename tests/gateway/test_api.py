@@ -296,7 +296,9 @@ async def test_a_service_that_goes_is_no_longer_routed() -> None:
         async with running(service, app):
             await eventually(lambda: _known(api), timeout=30, interval=0.05, message="routed")
             assert (await http.post("/greeter/hello", json={"name": "A"})).status_code == 200
+            assert len(api._resolved) == 1  # the route is kept for the next request...
         await eventually(lambda: _gone(api), timeout=30, interval=0.05, message="unrouted")
+        assert not api._resolved  # ...until the services change
         assert (await http.post("/greeter/hello", json={"name": "A"})).status_code == 404
 
 
