@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import random
-import statistics
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import uvloop
+from harness import in_turns
 
 from asgi_micro.context import Context, within_deadline
 
@@ -94,20 +93,10 @@ async def measure(rounds: int, batch: int) -> dict[str, float]:
     lifespan, calls = greeter_calls()
     async with lifespan:
         runs = {**guards(), **calls}
-        timings: dict[str, list[float]] = {name: [] for name in runs}
         for run in runs.values():  # warm up
             for _ in range(batch // 10):
                 await run()
-        for _ in range(rounds):
-            order = list(runs)
-            random.shuffle(order)
-            for name in order:
-                run = runs[name]
-                started = time.perf_counter()
-                for _ in range(batch):
-                    await run()
-                timings[name].append((time.perf_counter() - started) / batch * 1e6)
-    return {name: statistics.median(values) for name, values in timings.items()}
+        return await in_turns(runs, rounds, batch)
 
 
 def report(us: dict[str, float]) -> None:

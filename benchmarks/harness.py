@@ -1,7 +1,8 @@
 """What every benchmark here needs around its servers: a free loopback port, waiting for a
 server to listen, CPU seconds read from ``/proc`` (server CPU per request is steadier than
 req/s on a shared machine), and another revision of asgi-micro served beside this one
-(``--against REF``), so that a change is measured against what it changes in the same run."""
+(``--against REF``), so that a change is measured against what it changes in the same run;
+and, in process, awaitables timed in shuffled turns (``in_turns``)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 HOST = "127.0.0.1"
 
@@ -148,4 +150,22 @@ def alternate(
     finally:
         for worker in workers.values():
             worker.close()
+    return {name: statistics.median(values) for name, values in timings.items()}
+
+
+async def in_turns(
+    runs: dict[str, Callable[[], Awaitable[Any]]], rounds: int, batch: int
+) -> dict[str, float]:
+    """Await each of ``runs`` ``batch`` times in a row, in shuffled order, ``rounds`` times
+    over in this loop; the median microseconds per await of each."""
+    timings: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        order = list(runs)
+        random.shuffle(order)
+        for name in order:
+            run = runs[name]
+            started = time.perf_counter()
+            for _ in range(batch):
+                await run()
+            timings[name].append((time.perf_counter() - started) / batch * 1e6)
     return {name: statistics.median(values) for name, values in timings.items()}

@@ -24,10 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import os
-import random
-import statistics
 import sys
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -38,6 +35,7 @@ os.environ.setdefault("MICRO_STORE", "memory://")
 os.environ.setdefault("MICRO_METRICS", "false")
 
 import uvicorn
+from harness import in_turns
 
 from asgi_micro import Service
 from asgi_micro.client import Client
@@ -70,16 +68,7 @@ async def main(rounds: int, calls: int) -> None:
         for call in ways.values():  # warm: connections, channels, caches
             for _ in range(200):
                 assert (await call())["message"] == "Hello Ada"
-        timings: dict[str, list[float]] = {way: [] for way in ways}
-        for _ in range(rounds):
-            order = list(ways)
-            random.shuffle(order)
-            for way in order:
-                call = ways[way]
-                started = time.perf_counter()
-                for _ in range(calls):
-                    await call()
-                timings[way].append((time.perf_counter() - started) / calls * 1e6)
+        medians = await in_turns(ways, rounds, calls)
     finally:
         await here.aclose()
         await there.aclose()
@@ -87,7 +76,6 @@ async def main(rounds: int, calls: int) -> None:
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await serving
-    medians = {way: statistics.median(values) for way, values in timings.items()}
     print(f"Greeter.Hello, {calls} sequential calls x {rounds} rounds, medians:")
     for way, micros in medians.items():
         print(f"  {way:6} {micros:8.1f} us/call  {1e6 / micros:9.0f} calls/s")
