@@ -5,7 +5,8 @@ client sends one on every call) under it. In process, on uvloop, in shuffled alt
 batches:
 
     none             within_deadline on a context without a deadline (the floor)
-    asyncio.timeout  ``async with asyncio.timeout(remaining)`` around the call (the raw stack)
+    asyncio.timeout  the same guard on ``asyncio.timeout(remaining)`` (the raw stack; what
+                     asgi-micro did before its deadline clock)
     within_deadline  asgi-micro's guard: the loop's one timer for all calls (asgi_micro.deadlines)
 
 and the same on a whole call: the example greeter's ``POST /greeter/hello`` through its ASGI
@@ -27,6 +28,7 @@ from typing import Any
 import uvloop
 from harness import in_turns
 
+from asgi_micro import errors
 from asgi_micro.context import Context, within_deadline
 
 TIMEOUT = 30.0
@@ -37,20 +39,37 @@ async def handler() -> int:
     return 1
 
 
+async def on_asyncio_timeout(context: Context, awaitable: Awaitable[Any]) -> Any:
+    """The guard on ``asyncio.timeout``, as asgi-micro had it before its deadline clock: the
+    same context made current, the same 408."""
+    token = context.activate()
+    try:
+        deadline = asyncio.timeout(context.remaining())
+        try:
+            async with deadline:
+                return await awaitable
+        except TimeoutError:
+            if deadline.expired():
+                raise errors.Timeout("deadline exceeded") from None
+            raise
+    finally:
+        Context.reset(token)
+
+
 def guards() -> dict[str, Callable[[], Awaitable[Any]]]:
-    none = Context()
+    """Each makes the context of a call (with a deadline or not) and runs a handler under it."""
 
-    async def raw() -> Any:
-        async with asyncio.timeout(TIMEOUT):
-            return await handler()
+    def guarded(guard: Callable[[Context, Awaitable[Any]], Awaitable[Any]], deadline: bool) -> Any:
+        def call() -> Awaitable[Any]:
+            context = Context(deadline=time.monotonic() + TIMEOUT if deadline else None)
+            return guard(context, handler())
 
-    def ours() -> Awaitable[Any]:
-        return within_deadline(Context(deadline=time.monotonic() + TIMEOUT), handler())
+        return call
 
     return {
-        "none": lambda: within_deadline(none, handler()),
-        "asyncio.timeout": raw,
-        "within_deadline": ours,
+        "none": guarded(within_deadline, deadline=False),
+        "asyncio.timeout": guarded(on_asyncio_timeout, deadline=True),
+        "within_deadline": guarded(within_deadline, deadline=True),
     }
 
 
