@@ -22,7 +22,8 @@ nodes, retries on another node (idempotent endpoints and methods only, once some
 sent) and the deadline (the caller's ``Micro-Timeout`` capped by ``timeout``). Bodies pass
 through as they are (any codec the service speaks; a stream's replies as they come), and so
 do the service's errors, in Go Micro's shape with their status. Hop-by-hop headers are dropped
-(and a reply's ``Date`` and ``Server``, which the server in front adds); ``Micro-*`` metadata and the trace go on, ``Micro-From-Service`` names the gateway, and
+(and a reply's ``Date`` and ``Server``, which the server in front adds); ``Micro-*`` metadata
+and the trace go on, ``Micro-From-Service`` names the gateway, and
 ``X-Forwarded-For/Host/Proto/Prefix`` say where the request came from.
 
 At the edge: CORS (Starlette's ``CORSMiddleware``, for ``cors`` origins), a request size limit
