@@ -4,11 +4,16 @@ Each scenario publishes ``--events`` events (a small pydantic model carrying its
 at most ``--window`` publishes waiting for the server's acknowledgement, to one subscriber in a
 queue group in the same process, which decodes each and acks it. Reported per scenario: the
 median over rounds of events/s (first publish to last handled) and of the p50 and p99 latency
-(publish to handled), and the ratios of asgi-micro to the raw client and to FastStream on the
-same server. Rounds alternate the scenarios in shuffled order so drift hits all alike.
+(publish to handled) and of this process's CPU time per event (publisher and subscriber
+together; the server's own is not in it), and the ratios of asgi-micro to the raw client and to
+FastStream on the same server. Rounds alternate the scenarios in shuffled order so drift hits all alike.
+
+The process runs as ``asgi-micro run`` runs a service: ``MICRO_GC_FREEZE=true``, so each service
+freezes the heap once started (``asgi_micro/heap.py``), and the heap is frozen once for all
+scenarios after the warm-up. ``--no-gc-freeze`` leaves the garbage collector as it is.
 
     uv run python benchmarks/broker.py [--rounds 5] [--events 5000] [--window 32]
-                                       [--only memory,nats,...]
+                                       [--only memory,nats,...] [--no-gc-freeze]
 
 Scenarios (each needs its server on 127.0.0.1; one that cannot connect is left out):
 
@@ -33,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import random
 import statistics
 import sys
@@ -69,6 +75,7 @@ class Result:
     rate: list[float] = field(default_factory=list)
     p50: list[float] = field(default_factory=list)
     p99: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
 
 
 # -- asgi-micro -----------------------------------------------------------------------------------
@@ -370,7 +377,7 @@ RATIOS = [
 
 async def one_round(
     name: str, events: int, window: int, timeout: float
-) -> tuple[float, float, float]:
+) -> tuple[float, float, float, float]:
     latencies: list[float] = []
     done = asyncio.Event()
 
@@ -393,7 +400,7 @@ async def one_round(
             finally:
                 slots.release()
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         if name in IN_PROCESS:
             for _ in range(events):
                 await publish(time.perf_counter())
@@ -405,11 +412,13 @@ async def one_round(
             await asyncio.gather(*tasks)
         await asyncio.wait_for(done.wait(), timeout)
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu
     ordered = sorted(latencies)
     return (
         events / elapsed,
         ordered[len(ordered) // 2] * 1000,
         ordered[int(len(ordered) * 0.99)] * 1000,
+        cpu / events * 1e6,
     )
 
 
@@ -434,6 +443,7 @@ async def main() -> None:
     parser.add_argument("--window", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--only", default=",".join(SCENARIOS))
+    parser.add_argument("--gc-freeze", action=argparse.BooleanOptionalAction, default=True)
     options = parser.parse_args()
     try:
         import uvloop
@@ -441,35 +451,49 @@ async def main() -> None:
         uvloop.install()
     except ImportError:
         pass
+    # Services run as ``asgi-micro run`` runs them: each freezes the heap once started
+    os.environ["MICRO_GC_FREEZE"] = "true" if options.gc_freeze else "false"
     wanted = [name for name in options.only.split(",") if name]
     unknown = set(wanted) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios {sorted(unknown)}; expected some of {list(SCENARIOS)}")
     names = [name for name in wanted if await available(name)]
+    if options.gc_freeze:  # and the raw clients alike: every one is imported and warm by now
+        from asgi_micro.heap import freeze_startup_heap
+
+        freeze_startup_heap()
     results = {name: Result() for name in names}
-    print(f"{options.rounds} rounds x {options.events} events, window {options.window}")
+    print(
+        f"{options.rounds} rounds x {options.events} events, window {options.window}, "
+        f"start-up heap {'frozen' if options.gc_freeze else 'not frozen'}"
+    )
     for number in range(1, options.rounds + 1):
         order = random.sample(names, len(names))
         for name in order:
-            rate, p50, p99 = await one_round(name, options.events, options.window, options.timeout)
+            rate, p50, p99, cpu = await one_round(
+                name, options.events, options.window, options.timeout
+            )
             result = results[name]
             result.rate.append(rate)
             result.p50.append(p50)
             result.p99.append(p99)
+            result.cpu.append(cpu)
         line = ", ".join(f"{name} {results[name].rate[-1]:,.0f}" for name in names)
         print(f"  round {number}/{options.rounds}: {line}", flush=True)
-    print("\nmedians: events/s, publish-to-handled latency")
+    print("\nmedians: events/s, publish-to-handled latency, this process's CPU per event")
     for name in names:
         result = results[name]
         print(
             f"  {name:15s} {statistics.median(result.rate):>10,.0f} events/s"
             f"   p50 {statistics.median(result.p50):7.2f} ms   p99 {statistics.median(result.p99):7.2f} ms"
+            f"   CPU {statistics.median(result.cpu):6.1f} us"
         )
     print("\nratios (events/s, medians)")
     for ours, theirs in RATIOS:
         if ours in results and theirs in results:
             ratio = statistics.median(results[ours].rate) / statistics.median(results[theirs].rate)
-            print(f"  {ours}/{theirs}: {ratio:.3f}x")
+            cpu = statistics.median(results[theirs].cpu) / statistics.median(results[ours].cpu)
+            print(f"  {ours}/{theirs}: {ratio:.3f}x by events/s, {cpu:.3f}x by CPU per event")
 
 
 if __name__ == "__main__":

@@ -109,6 +109,25 @@ def new_event_id() -> str:
     return os.urandom(16).hex()
 
 
+def event_time(now: float | None = None) -> str:
+    """``now`` (``time.time()`` by default) as a ``ce-time``: RFC 3339 in UTC to the
+    millisecond, ``2026-12-04T19:55:14.373Z``. The part up to the second is kept from the last
+    call, which is most often the same second: a quarter of ``datetime``'s cost per event."""
+    if now is None:
+        now = time.time()
+    milliseconds = int(now * 1000)
+    second, millisecond = divmod(milliseconds, 1000)
+    global _second
+    cached = _second  # (one read: another thread may change it meanwhile)
+    if second != cached[0]:
+        cached = _second = (second, datetime.fromtimestamp(second, UTC).strftime(_SECOND))
+    return f"{cached[1]}.{millisecond:03d}Z"
+
+
+_SECOND: Final = "%Y-%m-%dT%H:%M:%S"
+_second: tuple[int, str] = (-1, "")
+
+
 def envelope(
     topic: str,
     content_type: str,
@@ -124,7 +143,7 @@ def envelope(
         "ce-source": source,
         "ce-type": topic,
         "ce-specversion": SPEC_VERSION,
-        "ce-time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "ce-time": event_time(),
         "content-type": content_type,
     }
     if headers:

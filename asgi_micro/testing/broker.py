@@ -28,6 +28,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -216,7 +217,9 @@ class BrokerConformance:
         assert headers["ce-source"] == "orders-0"
         assert headers["ce-type"] == name
         assert headers["ce-specversion"] == "1.0"
+        sent_at = datetime.fromisoformat(headers["ce-time"])
         assert headers["ce-time"].endswith("Z")
+        assert abs(datetime.now(UTC) - sent_at) < timedelta(minutes=1), headers["ce-time"]
         assert event.content_type == "application/msgpack"
         assert headers["traceparent"] == traceparent
         assert event.metadata == {"tenant": "acme"}

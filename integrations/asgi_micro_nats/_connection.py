@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import nats.errors
 from nats.aio.client import Client
 
-__all__ = ["NATSURL", "NATS_ERRORS", "connect", "parse_url"]
+__all__ = ["NATSURL", "NATS_ERRORS", "MicroClient", "connect", "parse_url"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,32 @@ def parse_url(url: str, *, options: Collection[str]) -> NATSURL:
     return NATSURL(servers=servers, shown=shown, options=query)
 
 
+class MicroClient(Client):
+    """nats-py's client, reading message headers in less than half the time.
+
+    Every event carries eight headers (its CloudEvents attributes, ``Nats-Msg-Id``...), and
+    nats-py's reader tests each character of each name for whitespace in a generator: about
+    9 us of an event's 150. The reader here gives the same result, which
+    ``tests/broker/test_nats.py`` checks against nats-py's own with hypothesis.
+    """
+
+    @staticmethod
+    def _parse_header_lines(raw: bytes) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for line in raw.split(b"\r\n"):
+            name, colon, value = line.partition(b":")
+            if not colon:
+                continue
+            try:
+                key = name.strip().decode("ascii")
+            except UnicodeDecodeError:
+                continue  # (as nats-py: a name is a token)
+            if key and key.split() != [key]:
+                continue  # whitespace inside the name (str.split's is str.isspace's)
+            out[key] = value.strip().decode("utf-8", "replace")
+        return out
+
+
 async def connect(
     servers: Sequence[str],
     *,
@@ -68,7 +94,7 @@ async def connect(
 ) -> Client:
     """A connection to one of ``servers``, or what nats-py raised within ``timeout`` (one of
     ``NATS_ERRORS``). Once connected, nats-py reconnects by itself for as long as it runs."""
-    nc = Client()
+    nc = MicroClient()
     try:
         # max_reconnect_attempts=-1 counts for the first connection too: without wait_for it
         # would try for ever

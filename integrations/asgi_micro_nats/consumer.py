@@ -30,7 +30,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, Protocol
 
 import nats.errors
 from nats.aio.client import Client
@@ -41,7 +41,7 @@ from nats.js import api
 from asgi_micro.broker.base import Delivery, Event, Subscription
 from asgi_micro.errors import ServiceUnavailable
 
-__all__ = ["BROKER_ID", "FETCH_WAIT", "Consumer", "NATSDelivery"]
+__all__ = ["BROKER_ID", "FETCH_WAIT", "Consumer", "InProgress", "NATSDelivery"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class Consumer:
         self.name = config.name
         self._nc = nc
         self._topic_at = len(prefix) + 1
-        self._interval = ack_wait / 3
+        self._handling = InProgress(ack_wait / 3)
         self._timeout = timeout
         self._check = check
         self._next = f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{stream}.{config.name}"
@@ -201,7 +201,7 @@ class Consumer:
             msg.data,
             _delivered(msg.reply),
         )
-        return NATSDelivery(event, msg, self._interval)
+        return NATSDelivery(event, msg, self._handling)
 
     # trouble
 
@@ -282,23 +282,23 @@ def _delivered(reply: str) -> int:
 
 
 class NATSDelivery(Delivery):
-    """A message being handled; while it is, the server hears so every ``interval``."""
+    """A message being handled; while it is, ``handling`` tells the server so."""
 
-    __slots__ = ("_interval", "_msg", "_timer")
+    __slots__ = ("_handling", "_msg")
 
-    def __init__(self, event: Event, msg: Msg, interval: float) -> None:
+    def __init__(self, event: Event, msg: Msg, handling: InProgress) -> None:
         super().__init__(event)
         self._msg = msg
-        self._interval = interval
-        self._timer = asyncio.get_running_loop().call_later(interval, self._touch)
+        self._handling = handling
+        handling.add(self)
 
-    def _touch(self) -> None:
+    def touch(self) -> None:
+        """Tell the server the message is still being handled: its ``ack_wait`` starts again."""
         touching = asyncio.ensure_future(self._msg.in_progress())
         touching.add_done_callback(_forget)
-        self._timer = asyncio.get_running_loop().call_later(self._interval, self._touch)
 
     async def ack(self) -> None:
-        self._timer.cancel()
+        self._handling.discard(self)
         try:
             await self._msg.ack()
         except nats.errors.Error as exc:
@@ -307,13 +307,53 @@ class NATSDelivery(Delivery):
             ) from exc
 
     async def nack(self, delay: float) -> None:
-        self._timer.cancel()
+        self._handling.discard(self)
         try:
             await self._msg.nak(delay=delay)
         except nats.errors.Error as exc:
             raise ServiceUnavailable(
                 f"cannot nack {self.event.id} on NATS: {exc!r}", id=BROKER_ID
             ) from exc
+
+
+class Touchable(Protocol):
+    def touch(self) -> None: ...
+
+
+class InProgress:
+    """The deliveries of one consumer being handled, each touched (``in_progress``) once it has
+    been handled for ``interval`` and every ``interval`` after, by one loop timer for them all
+    that runs while there are any: a timer per delivery cost more than the rest of its
+    bookkeeping. A delivery is touched at most ``interval / 2`` late."""
+
+    __slots__ = ("_due", "_interval", "_timer")
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._due: dict[Touchable, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def add(self, delivery: Touchable) -> None:
+        self._due[delivery] = time.monotonic() + self._interval
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._interval / 2, self._tick)
+
+    def discard(self, delivery: Touchable) -> None:
+        self._due.pop(delivery, None)
+
+    def _tick(self) -> None:
+        self._timer = None
+        if not self._due:
+            return
+        now = time.monotonic()
+        for delivery, due in list(self._due.items()):
+            if due <= now:
+                self._due[delivery] = now + self._interval
+                delivery.touch()
+        self._timer = asyncio.get_running_loop().call_later(self._interval / 2, self._tick)
 
 
 def _forget(future: asyncio.Future[None]) -> None:

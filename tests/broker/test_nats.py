@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import os
 import signal
 import socket
@@ -20,7 +21,12 @@ import nats
 import nats.js.errors
 import orjson
 import pytest
+from asgi_micro_nats._connection import MicroClient
 from asgi_micro_nats.broker import FETCH_WAIT, NATSBroker
+from asgi_micro_nats.consumer import InProgress
+from hypothesis import given
+from hypothesis import strategies as st
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
@@ -222,7 +228,65 @@ async def test_an_event_over_max_payload_is_too_large(url: str) -> None:
             await broker.publish("blob.stored", b"x" * (2 * 1024 * 1024))
 
 
+# reading headers
+
+_NAME_BYTES = st.sampled_from(
+    [b"ce-id", b"Nats-Msg-Id", b"a b", b" x ", b"\x1cy", b"\xff", b"", b"k\t", b"::", b"\r"]
+)
+_VALUE_BYTES = st.sampled_from(
+    [b" v ", b"", b"\xe2\x82\xac", b"\xff\xfe", b"a:b", b" \t ", b"\n", b"1.0"]
+)
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(_NAME_BYTES, _VALUE_BYTES).map(lambda pair: pair[0] + b":" + pair[1]),
+            st.binary(max_size=12),
+        ),
+        max_size=8,
+    )
+)
+def test_headers_are_read_as_nats_py_reads_them(lines: list[bytes]) -> None:
+    raw = b"\r\n".join(lines) + b"\r\n\r\n"
+    assert MicroClient._parse_header_lines(raw) == Client._parse_header_lines(raw)
+
+
+async def test_the_broker_reads_headers_with_the_faster_reader(url: str) -> None:
+    async with started(url, "orders") as [broker]:
+        assert isinstance(broker._nc, MicroClient)
+
+
 # delivery
+
+
+class _Touched:
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def touch(self) -> None:
+        self.times.append(time.monotonic())
+
+
+async def test_in_progress_touches_what_is_handled_for_an_interval_and_no_more() -> None:
+    handling = InProgress(0.2)
+    slow, quick = _Touched(), _Touched()
+    started_at = time.monotonic()
+    handling.add(slow)
+    handling.add(quick)
+    await asyncio.sleep(0.05)
+    handling.discard(quick)
+    await asyncio.sleep(0.75)
+    handling.discard(slow)
+    assert quick.times == []
+    # due at 0.2, 0.4, 0.6...; seen at most half an interval late by a tick every 0.1 s
+    assert 2 <= len(slow.times) <= 4, slow.times
+    assert slow.times[0] - started_at >= 0.2
+    gaps = [b - a for a, b in itertools.pairwise([started_at, *slow.times])]
+    assert all(0.19 <= gap <= 0.45 for gap in gaps), gaps
+    await asyncio.sleep(0.2)
+    assert len(handling) == 0
+    assert handling._timer is None  # no timer while nothing is handled
 
 
 @pytest.mark.slow
