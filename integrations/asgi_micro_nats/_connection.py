@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 import nats.errors
 from nats.aio.client import Client
+from nats.protocol import command as prot_command
 
 __all__ = ["NATSURL", "NATS_ERRORS", "MicroClient", "connect", "parse_url"]
 
@@ -59,13 +62,52 @@ def parse_url(url: str, *, options: Collection[str]) -> NATSURL:
 
 
 class MicroClient(Client):
-    """nats-py's client, reading message headers in less than half the time.
+    """nats-py's client, writing and reading message headers in less than half the time.
 
-    Every event carries eight headers (its CloudEvents attributes, ``Nats-Msg-Id``...), and
-    nats-py's reader tests each character of each name for whitespace in a generator: about
-    9 us of an event's 150. The reader here gives the same result, which
-    ``tests/broker/test_nats.py`` checks against nats-py's own with hypothesis.
+    Every event carries nine headers (its CloudEvents attributes, ``Nats-Msg-Id``,
+    ``Nats-Expected-Stream``...). nats-py writes each with eight steps of its own and reads
+    each by testing every character of its name for whitespace in a generator: together about
+    15 us of the 110 us an event costs its publisher and subscriber. The two methods here
+    produce the same bytes and the same dicts, which ``tests/broker/test_nats.py`` checks
+    against nats-py's own with hypothesis; the rest of ``_send_publish`` is nats-py's.
     """
+
+    async def _send_publish(
+        self,
+        subject: str,
+        reply: str,
+        payload: bytes,
+        payload_size: int,
+        headers: dict[str, Any] | None,
+    ) -> None:
+        if headers is None:
+            await super()._send_publish(subject, reply, payload, payload_size, headers)
+            return
+        if subject == "":
+            raise nats.errors.BadSubjectError
+        lines = ["NATS/1.0\r\n"]
+        names = _CHECKED_NAMES
+        for name, value in headers.items():
+            key = names.get(name)
+            if key is None:
+                key = name.strip()
+                if not key:
+                    continue  # (as nats-py: skipped)
+                if not _HEADER_NAME.fullmatch(key):
+                    raise nats.errors.BadHeaderError(key)
+                if len(names) < _MAX_CHECKED:
+                    names[name] = key
+            value = value.strip()
+            if "\r" in value or "\n" in value:
+                value = value.translate(_NEWLINES)
+            lines.append(f"{key}: {value}\r\n")
+        lines.append("\r\n")
+        command = prot_command.hpub_cmd(subject, reply, "".join(lines).encode(), payload)
+        self.stats["out_msgs"] += 1
+        self.stats["out_bytes"] += payload_size
+        await self._send_command(command)
+        if self._flush_queue is not None and self._flush_queue.empty():
+            await self._flush_pending()
 
     @staticmethod
     def _parse_header_lines(raw: bytes) -> dict[str, str]:
@@ -82,6 +124,12 @@ class MicroClient(Client):
                 continue  # whitespace inside the name (str.split's is str.isspace's)
             out[key] = value.strip().decode("utf-8", "replace")
         return out
+
+
+_HEADER_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # (nats-py's: a token)
+_NEWLINES: Final = str.maketrans({"\r": " ", "\n": " "})
+_CHECKED_NAMES: dict[str, str] = {}  # a name as given -> as written, once it passed the check
+_MAX_CHECKED: Final = 1024
 
 
 async def connect(

@@ -252,7 +252,30 @@ def test_headers_are_read_as_nats_py_reads_them(lines: list[bytes]) -> None:
     assert MicroClient._parse_header_lines(raw) == Client._parse_header_lines(raw)
 
 
-async def test_the_broker_reads_headers_with_the_faster_reader(url: str) -> None:
+_HEADER_NAMES = st.sampled_from(
+    ["ce-id", "Nats-Msg-Id", " padded ", "", "  ", "bad name", "bad:name", "é", "x\r", "a.b~c"]
+)
+_HEADER_VALUES = st.one_of(
+    st.sampled_from(["", " v ", "a\r\nInjected: 1", "\n", "1.0", "€", "tab\there"]), st.text()
+)
+
+
+async def _written(client: Client, headers: dict[str, Any] | None) -> list[bytes] | str:
+    """What ``client`` would send for a publish with ``headers``, or the error it raised."""
+    client._pending.clear()
+    try:
+        await client._send_publish("orders.created", "_INBOX.x", b"{}", 2, headers)
+    except (nats.errors.Error, TypeError, AttributeError) as exc:
+        return repr(exc)
+    return list(client._pending)
+
+
+@given(st.one_of(st.none(), st.dictionaries(_HEADER_NAMES, _HEADER_VALUES, max_size=6)))
+async def test_headers_are_written_as_nats_py_writes_them(headers: dict[str, Any] | None) -> None:
+    assert await _written(MicroClient(), headers) == await _written(Client(), headers)
+
+
+async def test_the_broker_writes_and_reads_headers_with_the_faster_client(url: str) -> None:
     async with started(url, "orders") as [broker]:
         assert isinstance(broker._nc, MicroClient)
 
