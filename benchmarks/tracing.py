@@ -19,13 +19,14 @@ bytes and each span on has a remote parent, as in the middle of a trace. wrk (HT
 (gRPC) on core 1 drive them in shuffled, interleaved rounds. Each server counts the calls its
 handler ran and the spans it exported, and the
 run fails unless every call the load generator saw done reached the handler and, with tracing
-on, made a span. In process: the two HTTP apps called with a fake receive/send in alternating
+on, made a span. The servers run as ``asgi-micro run`` runs a service, their start-up heap
+frozen (``MICRO_GC_FREEZE=true``; ``--no-gc-freeze`` leaves the collector alone). In process: the two HTTP apps called with a fake receive/send in alternating
 batches (steadier on a noisy machine). Reported: median req/s, server CPU per call (from
 /proc), microseconds per call in process, and the ratios on/off. Everything stays on
 127.0.0.1; every loop is bounded.
 
     uv run python benchmarks/tracing.py [--rounds 6] [--seconds 3] [--connections 64]
-                                        [--batch 1000] [--keep-spans]
+                                        [--batch 1000] [--keep-spans] [--no-gc-freeze]
 """
 
 from __future__ import annotations
@@ -173,6 +174,7 @@ def main() -> None:
         action="store_true",
         help="the SDK's InMemorySpanExporter, which keeps every span until the round ends",
     )
+    parser.add_argument("--gc-freeze", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--serve", choices=SERVERS)
     parser.add_argument("--port", type=int)
     parser.add_argument("--grpc-port", type=int)
@@ -208,6 +210,7 @@ def end_to_end(directory: Path, args: argparse.Namespace) -> dict[str, dict[str,
     data.write_bytes(b"\x00" + len(payload).to_bytes(4, "big") + payload)
     servers: dict[str, tuple[subprocess.Popen[bytes], int, int]] = {}
     python, env = python_in(None)
+    env["MICRO_GC_FREEZE"] = "true" if args.gc_freeze else "false"
     try:
         for kind in SERVERS:
             http_port, grpc_port = free_port(), free_port()
