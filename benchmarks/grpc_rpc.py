@@ -23,13 +23,15 @@ calling, encoding; no sockets, no grpc core) in alternating batches. Everything 
                                          [--against REF]
 
 ``--against REF`` serves b of another revision (a git ref) beside the others, in the same
-rounds, and prints this revision's b over that one's.
+rounds, and prints this revision's b over that one's. The service runs as ``asgi-micro run``
+runs it, with its start-up heap frozen (``MICRO_GC_FREEZE=true``); ``--no-gc-freeze``: not.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import random
 import re
 import shutil
@@ -399,7 +401,10 @@ def main() -> None:
     parser.add_argument("--serve", choices=sorted(LABELS), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--generated", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--gc-freeze", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
+    # Services run as ``asgi-micro run`` runs them: each freezes the heap once started
+    os.environ["MICRO_GC_FREEZE"] = "true" if args.gc_freeze else "false"
     if args.serve:
         serve(args.serve, args.port, args.generated)
         return

@@ -17,7 +17,10 @@ the same rounds, and prints this revision's figures over that one's. Everything 
 127.0.0.1 and every loop is bounded.
 
     uv run python benchmarks/http_rpc.py [--rounds 8] [--seconds 3] [--connections 64]
-                                         [--against REF]
+                                         [--against REF] [--no-gc-freeze]
+
+The services run as ``asgi-micro run`` runs them, each freezing the heap once started
+(``MICRO_GC_FREEZE=true``); in process that is the worker's whole heap, both sides alike.
 """
 
 from __future__ import annotations
@@ -370,7 +373,10 @@ def main() -> None:
     parser.add_argument("--against", metavar="REF", help="also serve c and d of this git ref")
     parser.add_argument("--serve", choices=sorted(APPS), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--gc-freeze", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
+    # Services run as ``asgi-micro run`` runs them: each freezes the heap once started
+    os.environ["MICRO_GC_FREEZE"] = "true" if args.gc_freeze else "false"
     if args.serve:
         serve(args.serve, args.port)
         return
