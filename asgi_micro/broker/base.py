@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import os
 import random
 import re
@@ -112,11 +113,14 @@ def new_event_id() -> str:
 def event_time(now: float | None = None) -> str:
     """``now`` (``time.time()`` by default) as a ``ce-time``: RFC 3339 in UTC to the
     millisecond, ``2026-12-04T19:55:14.373Z``. The part up to the second is kept from the last
-    call, which is most often the same second: a quarter of ``datetime``'s cost per event."""
+    call, which is most often the same second: what ``datetime`` writes, at a quarter of its
+    cost per event."""
     if now is None:
         now = time.time()
-    milliseconds = int(now * 1000)
-    second, millisecond = divmod(milliseconds, 1000)
+    fraction, whole = math.modf(now)
+    microsecond = round(fraction * 1_000_000)  # as datetime rounds it, then truncates to ms
+    second = int(whole) + microsecond // 1_000_000
+    millisecond = microsecond % 1_000_000 // 1000
     global _second
     cached = _second  # (one read: another thread may change it meanwhile)
     if second != cached[0]:
